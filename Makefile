@@ -1,0 +1,45 @@
+# Every routine step of the project. `make run` and `make test` set up .venv themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+PROTOS := $(wildcard proto/repwise/v1/*.proto)
+
+.PHONY: install run test proto proto-check lint typecheck check clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(BUF): package.json
+	npm ci --silent --no-audit --no-fund
+	touch $(BUF)
+
+run: $(STAMP)
+	$(VENV)/bin/repwise serve
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+proto: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+proto-check: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+lint: $(STAMP) $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(BUF) lint
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: proto-check lint typecheck test
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

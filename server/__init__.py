@@ -1,0 +1,1 @@
+"""repwise server: gRPC services for accounts, catalog, workout logs and training."""

@@ -1,0 +1,91 @@
+"""Every query of the auth tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from server.auth.models import AuthSession, LoginThrottle, RefreshToken, User
+
+
+def get_user(session: Session, user_id: str) -> User | None:
+    return session.get(User, user_id)
+
+
+def get_user_by_email(session: Session, email: str) -> User | None:
+    return session.scalars(select(User).where(User.email == email)).one_or_none()
+
+
+def email_taken(session: Session, email: str) -> bool:
+    return session.scalar(select(func.count()).where(User.email == email)) != 0
+
+
+def count_admins(session: Session) -> int:
+    return session.scalar(select(func.count()).where(User.role == "admin")) or 0
+
+
+def add(session: Session, row: object) -> None:
+    session.add(row)
+    session.flush()
+
+
+def delete_user(session: Session, user: User) -> None:
+    session.delete(user)
+    session.flush()
+
+
+def get_live_session(
+    session: Session, session_id: str, user_id: str
+) -> tuple[AuthSession, User] | None:
+    row = session.execute(
+        select(AuthSession, User)
+        .join(User, User.id == AuthSession.user_id)
+        .where(
+            AuthSession.id == session_id,
+            AuthSession.user_id == user_id,
+            AuthSession.revoked_at.is_(None),
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+def get_session_for_update(session: Session, session_id: str) -> AuthSession | None:
+    return session.scalars(
+        select(AuthSession).where(AuthSession.id == session_id).with_for_update()
+    ).one_or_none()
+
+
+def get_refresh_token_for_update(session: Session, token_id: str) -> RefreshToken | None:
+    return session.scalars(
+        select(RefreshToken).where(RefreshToken.id == token_id).with_for_update()
+    ).one_or_none()
+
+
+def get_refresh_token(session: Session, token_id: str) -> RefreshToken | None:
+    return session.get(RefreshToken, token_id)
+
+
+def revoke_sessions(
+    session: Session, user_id: str, now: datetime, reason: str, *, only: str | None = None
+) -> int:
+    stmt = (
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoke_reason=reason)
+    )
+    if only is not None:
+        stmt = stmt.where(AuthSession.id == only)
+    result = session.execute(stmt, execution_options={"synchronize_session": False})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def get_throttle_for_update(session: Session, email_key: str) -> LoginThrottle | None:
+    return session.scalars(
+        select(LoginThrottle).where(LoginThrottle.email_key == email_key).with_for_update()
+    ).one_or_none()
+
+
+def delete_throttle(session: Session, email_key: str) -> None:
+    session.execute(delete(LoginThrottle).where(LoginThrottle.email_key == email_key))

@@ -1,0 +1,127 @@
+"""The `repwise` command: serve, migrate, and admin account tools."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from server.config import ConfigError, Settings
+from server.errors import DomainError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    return Settings.from_env(overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import RepwiseServer
+    from server.db import Database
+    from server.migrate import upgrade
+
+    settings = _settings(args)
+    db = Database(settings.database_url, pool_size=settings.max_workers)
+    upgrade(db.engine)
+    server = RepwiseServer(settings, db=db)
+    server.stop_on_signals()
+    port = server.start()
+    print(
+        f"repwise serving on {settings.host}:{port} ({db.engine.url.render_as_string()})",
+        flush=True,
+    )
+    server.wait()
+    db.dispose()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from server.db import Database
+    from server.migrate import upgrade
+
+    settings = _settings(args)
+    db = Database(settings.database_url, pool_size=1)
+    upgrade(db.engine, args.revision)
+    db.dispose()
+    print(f"database is at revision {args.revision}")
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise SystemExit("passwords do not match")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from server.app import RepwiseServer
+    from server.db import Database
+    from server.migrate import upgrade
+
+    settings = _settings(args)
+    db = Database(settings.database_url, pool_size=1)
+    upgrade(db.engine)
+    auth = RepwiseServer(settings, db=db).auth
+    if args.admin_command == "create":
+        user = auth.create_admin(args.email, _read_password())
+        print(f"created admin {user.email}")
+    else:
+        user = auth.promote(args.email)
+        print(f"{user.email} is now an admin")
+    db.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repwise", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("REPWISE_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server (migrates first)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1, or REPWISE_HOST)")
+    serve.add_argument(
+        "--port", type=int, help="port (default 50051, or REPWISE_PORT; 0 picks one)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--revision", default="head")
+    migrate.set_defaults(func=cmd_migrate)
+
+    admin = commands.add_parser("admin", help="manage admin accounts")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_commands.add_parser(
+        "create", help="create an admin account (password from a prompt, or one line of stdin)"
+    )
+    create.add_argument("--email", required=True)
+    promote = admin_commands.add_parser("promote", help="make an existing user an admin")
+    promote.add_argument("--email", required=True)
+    admin.set_defaults(func=cmd_admin)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from server.logging_setup import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as error:
+        print(f"repwise: configuration error: {error}", file=sys.stderr)
+        return 2
+    except DomainError as error:
+        print(f"repwise: {error.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

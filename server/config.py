@@ -1,0 +1,127 @@
+"""Server configuration, read from REPWISE_* environment variables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite:///repwise.db"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 50051
+    jwt_secret: str = field(default="", repr=False)
+    jwt_issuer: str = "repwise"
+    jwt_audience: str = "repwise-api"
+    access_token_seconds: int = 15 * 60
+    refresh_token_days: int = 30
+    # A retried refresh (response lost on the way) within this window gets the same successor.
+    refresh_grace_seconds: int = 30
+    jwt_leeway_seconds: int = 10
+    bcrypt_rounds: int = 12
+    # Concurrent bcrypt computations, and how many more calls may queue for one.
+    password_workers: int = 2
+    password_queue: int = 6
+    login_max_failures: int = 5
+    login_lock_seconds: int = 30
+    login_max_lock_seconds: int = 15 * 60
+    max_workers: int = 16
+    max_message_bytes: int = 4 * 1024 * 1024
+    grace_seconds: float = 10.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, env: dict[str, str] | None = None, overrides: dict[str, object] | None = None
+    ) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            raw = env.get(f"REPWISE_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            try:
+                if kind.startswith("int"):
+                    values[name] = int(raw)
+                elif kind.startswith("float"):
+                    values[name] = float(raw)
+                else:
+                    values[name] = raw
+            except ValueError as exc:
+                raise ConfigError(f"REPWISE_{name.upper()}={raw!r} is not a number") from exc
+        values.update(overrides or {})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        if not settings.jwt_secret:
+            settings = cls(**{**values, "jwt_secret": load_or_create_secret(settings.database_url)})  # type: ignore[arg-type]
+        return settings
+
+    def validate(self) -> None:
+        if self.bcrypt_rounds < 4 or self.bcrypt_rounds > 31:
+            raise ConfigError("REPWISE_BCRYPT_ROUNDS must be between 4 and 31")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError("REPWISE_JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("set both REPWISE_TLS_CERT_FILE and REPWISE_TLS_KEY_FILE, or neither")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("REPWISE_PORT must be between 0 and 65535")
+        try:
+            make_url(self.database_url)
+        except Exception as exc:
+            raise ConfigError(f"REPWISE_DATABASE_URL is not a database URL: {exc}") from exc
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+
+def secret_path_for(database_url: str) -> Path:
+    """Where the generated JWT secret lives: beside the SQLite file, else in ./.repwise/."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_file = Path(url.database)
+        return db_file.with_name(db_file.name + ".jwt.secret")
+    return Path(".repwise") / "jwt.secret"
+
+
+def load_or_create_secret(database_url: str) -> str:
+    path = secret_path_for(database_url)
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    # Write aside, then link into place: a second worker starting at once reads
+    # the first one's complete secret instead of writing its own.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        tmp.unlink()
+    log.warning(
+        "REPWISE_JWT_SECRET is not set; created a random secret in %s (mode 0600). "
+        "Set REPWISE_JWT_SECRET when running more than one host.",
+        path,
+    )
+    return secret

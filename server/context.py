@@ -1,0 +1,27 @@
+"""Per-call context: the request id and the authenticated caller."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller, as the access token says. Whether the session is still live
+    is checked against the database by the handler (server.auth.service)."""
+
+    user_id: str
+    session_id: str
+    token_id: str
+
+
+@dataclass
+class CallInfo:
+    request_id: str
+    method: str
+    user_id: str | None = field(default=None)
+
+
+current_call: ContextVar[CallInfo | None] = ContextVar("current_call", default=None)
+current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)

@@ -1,0 +1,1 @@
+"""Workout logs, sync, history and statistics."""

@@ -1,0 +1,1 @@
+"""Per-user models and batch training."""
