@@ -29,6 +29,7 @@ from server.auth.passwords import PasswordHasher
 from server.auth.service import AuthService
 from server.auth.servicer import AuthServicer
 from server.auth.tokens import TokenIssuer
+from server.catalog.service import CatalogService
 from server.catalog.servicer import CatalogServicer
 from server.config import Settings
 from server.db import Database, utcnow
@@ -74,6 +75,7 @@ class RepwiseServer:
             settings.bcrypt_rounds, settings.password_workers, settings.password_queue
         )
         self.auth = AuthService(self.db, settings, self.hasher, self.tokens, now)
+        self.catalog = CatalogService(self.db, self.auth, now)
         self.health = health.HealthServicer()
         self._health_check_seconds = health_check_seconds
         self._stopping = threading.Event()
@@ -86,6 +88,10 @@ class RepwiseServer:
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Above gRPC's default 8 KiB soft limit, oversized metadata is refused at random
+            # with RESOURCE_EXHAUSTED; raised so our own checks answer (UNAUTHENTICATED).
+            ("grpc.max_metadata_size", 32 * 1024),
+            ("grpc.absolute_max_metadata_size", 64 * 1024),
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -99,7 +105,11 @@ class RepwiseServer:
             maximum_concurrent_rpcs=self.settings.max_workers * 8,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.auth), server)
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(), server)  # type: ignore[abstract]
+        # Workouts do not exist yet, so no exercise is referenced by one.
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
+            CatalogServicer(self.catalog, is_referenced=lambda _session, _exercise_id: False),
+            server,
+        )
         log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(), server)  # type: ignore[abstract]
         training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(), server)  # type: ignore[abstract]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

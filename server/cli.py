@@ -6,29 +6,34 @@ import argparse
 import getpass
 import os
 import sys
+from pathlib import Path
+
+import sqlalchemy.exc
 
 from server.config import ConfigError, Settings
 from server.errors import DomainError
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, need_secret: bool = True) -> Settings:
     overrides: dict[str, object] = {}
     if getattr(args, "host", None):
         overrides["host"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["port"] = args.port
-    return Settings.from_env(overrides=overrides)
+    return Settings.from_env(overrides=overrides, need_secret=need_secret)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import RepwiseServer
-    from server.db import Database
+    from server.catalog.sources import seed_default_catalog
+    from server.db import Database, utcnow
     from server.migrate import upgrade
 
     settings = _settings(args)
     db = Database(settings.database_url, pool_size=settings.max_workers)
     upgrade(db.engine)
     server = RepwiseServer(settings, db=db)
+    seed_default_catalog(db, utcnow)
     server.stop_on_signals()
     port = server.start()
     print(
@@ -44,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from server.db import Database
     from server.migrate import upgrade
 
-    settings = _settings(args)
+    settings = _settings(args, need_secret=False)
     db = Database(settings.database_url, pool_size=1)
     upgrade(db.engine, args.revision)
     db.dispose()
@@ -80,6 +85,23 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    from server.catalog.sources import import_free_exercise_db
+    from server.db import Database, utcnow
+    from server.migrate import upgrade
+
+    settings = _settings(args, need_secret=False)
+    db = Database(settings.database_url, pool_size=1)
+    upgrade(db.engine)
+    report = import_free_exercise_db(db, Path(args.file), utcnow)
+    db.dispose()
+    print(
+        f"imported {args.file}: {report.created} new, {report.updated} updated, "
+        f"{report.unchanged} unchanged"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repwise", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("REPWISE_LOG_LEVEL", "INFO"))
@@ -105,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     promote = admin_commands.add_parser("promote", help="make an existing user an admin")
     promote.add_argument("--email", required=True)
     admin.set_defaults(func=cmd_admin)
+
+    catalog = commands.add_parser("catalog", help="manage the shared exercise catalog")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    catalog_import = catalog_commands.add_parser(
+        "import", help="import a free-exercise-db exercises.json (idempotent)"
+    )
+    catalog_import.add_argument("file")
+    catalog_import.set_defaults(func=cmd_catalog_import)
     return parser
 
 
@@ -120,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DomainError as error:
         print(f"repwise: {error.message}", file=sys.stderr)
+        return 1
+    except sqlalchemy.exc.OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        print(f"repwise: cannot use the database: {reason}", file=sys.stderr)
         return 1
 
 

@@ -48,8 +48,14 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, env: dict[str, str] | None = None, overrides: dict[str, object] | None = None
+        cls,
+        env: dict[str, str] | None = None,
+        overrides: dict[str, object] | None = None,
+        *,
+        need_secret: bool = True,
     ) -> Settings:
+        """Settings from REPWISE_* variables. With need_secret and no REPWISE_JWT_SECRET,
+        the generated secret file is read or created."""
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for name, f in cls.__dataclass_fields__.items():
@@ -69,7 +75,7 @@ class Settings:
         values.update(overrides or {})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
-        if not settings.jwt_secret:
+        if need_secret and not settings.jwt_secret:
             settings = cls(**{**values, "jwt_secret": load_or_create_secret(settings.database_url)})  # type: ignore[arg-type]
         return settings
 

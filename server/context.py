@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -21,6 +22,13 @@ class CallInfo:
     request_id: str
     method: str
     user_id: str | None = field(default=None)
+    # time.monotonic() by which the client stops waiting, if it set a deadline.
+    deadline: float | None = field(default=None)
+
+
+def deadline_passed() -> bool:
+    call = current_call.get()
+    return call is not None and call.deadline is not None and time.monotonic() > call.deadline
 
 
 current_call: ContextVar[CallInfo | None] = ContextVar("current_call", default=None)

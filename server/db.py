@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
+
+from server.context import deadline_passed
+from server.errors import DeadlineExceeded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,6 +129,12 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        # Health pings use their own connections, so a busy pool never reads as "database down".
+        self._ping_engine = create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"connect_timeout": 3} if self.engine.dialect.name == "postgresql" else {},
+        )
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(repwise_write=True), expire_on_commit=False
@@ -140,6 +150,9 @@ class Database:
             session = (self._write if write else self._read)()
             try:
                 result = work(session)
+                if deadline_passed():
+                    # The client has given up: keep nothing of what it can no longer see.
+                    raise DeadlineExceeded("the call's deadline passed; nothing was changed")
                 session.commit()
                 return result
             except exc.DBAPIError as error:
@@ -157,7 +170,7 @@ class Database:
 
     def ping(self) -> bool:
         try:
-            with self.engine.connect() as conn:
+            with self._ping_engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
             return True
         except Exception:
@@ -165,3 +178,4 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._ping_engine.dispose()

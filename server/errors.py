@@ -72,6 +72,11 @@ class ResourceExhausted(DomainError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(DomainError):
+    status = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(DomainError):
     status = "UNAVAILABLE"
     reason = "UNAVAILABLE"

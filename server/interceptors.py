@@ -93,7 +93,11 @@ class LoggingInterceptor(_BehaviorInterceptor):
             if len(given) == 1 and isinstance(given[0], str) and _REQUEST_ID_RE.match(given[0])
             else uuid.uuid4().hex
         )
-        info = CallInfo(request_id=request_id, method=method)
+        remaining = context.time_remaining()
+        # grpcio reports ~9e18 s remaining when the client set no deadline.
+        has_deadline = remaining is not None and remaining < 1e9
+        deadline = time.monotonic() + remaining if has_deadline else None
+        info = CallInfo(request_id=request_id, method=method, deadline=deadline)
         with contextlib.suppress(ValueError):  # already sent
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
         return info

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TypedDict
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from repwise.v1 import auth_pb2, common_pb2
 from server.auth.models import User
 from server.auth.service import PROFILE_FIELDS, ProfileChanges, Tokens, etag
+from server.converters import enum_names, timestamp
 from server.errors import InvalidArgument
 
 ROLE_TO_PB = {"user": auth_pb2.ROLE_USER, "admin": auth_pb2.ROLE_ADMIN}
 ROLE_FROM_PB: dict[int, str] = {v: k for k, v in ROLE_TO_PB.items()}
 UNIT_TO_PB = {"kg": common_pb2.WEIGHT_UNIT_KG, "lb": common_pb2.WEIGHT_UNIT_LB}
 UNIT_FROM_PB = {v: k for k, v in UNIT_TO_PB.items()}
-# Enum names without their prefix, lower case: EQUIPMENT_EZ_CURL_BAR -> "ez_curl_bar".
-EQUIPMENT_FROM_PB = {
-    number: name.removeprefix("EQUIPMENT_").lower()
-    for name, number in common_pb2.Equipment.items()
-    if number != common_pb2.EQUIPMENT_UNSPECIFIED
-}
-EQUIPMENT_TO_PB = {v: k for k, v in EQUIPMENT_FROM_PB.items()}
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+EQUIPMENT_FROM_PB, EQUIPMENT_TO_PB = enum_names(common_pb2.Equipment, "EQUIPMENT_")
 
 
 def user_to_pb(user: User) -> auth_pb2.User:

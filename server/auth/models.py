@@ -81,4 +81,7 @@ class LoginThrottle(Base):
     email_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Password checks under way; the lease lets a crash leave no stuck count.
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    pending_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -26,9 +26,9 @@ def normalize_password(password: str) -> bytes:
 
 def check_new_password(password: str, field: str) -> bytes:
     """Validate a password being set; return the bytes to hash."""
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise InvalidArgument(field, f"must be at least {MIN_PASSWORD_CHARS} characters")
     encoded = normalize_password(password)
+    if len(encoded.decode("utf-8")) < MIN_PASSWORD_CHARS:
+        raise InvalidArgument(field, f"must be at least {MIN_PASSWORD_CHARS} characters")
     if len(encoded) > MAX_PASSWORD_BYTES:
         raise InvalidArgument(
             field,

@@ -22,8 +22,16 @@ def email_taken(session: Session, email: str) -> bool:
     return session.scalar(select(func.count()).where(User.email == email)) != 0
 
 
-def count_admins(session: Session) -> int:
-    return session.scalar(select(func.count()).where(User.role == "admin")) or 0
+def lock_admins(session: Session) -> int:
+    """Lock every admin row and count them, so concurrent demotions cannot remove the last."""
+    return len(session.scalars(select(User.id).where(User.role == "admin").with_for_update()).all())
+
+
+def lock_user(session: Session, user: User) -> User:
+    """Re-read `user` under a row lock (PostgreSQL; SQLite writers are serialized anyway)."""
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    session.refresh(user)
+    return user
 
 
 def add(session: Session, row: object) -> None:
@@ -79,6 +87,10 @@ def revoke_sessions(
         stmt = stmt.where(AuthSession.id == only)
     result = session.execute(stmt, execution_options={"synchronize_session": False})
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def get_throttle(session: Session, email_key: str) -> LoginThrottle | None:
+    return session.get(LoginThrottle, email_key)
 
 
 def get_throttle_for_update(session: Session, email_key: str) -> LoginThrottle | None:

@@ -6,17 +6,20 @@ connection is held during the quarter second a bcrypt hash takes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
+from client_sdk.features import EQUIPMENT
 from server.auth import repository as repo
 from server.auth.models import ROLES, UNITS, AuthSession, LoginThrottle, RefreshToken, User
 from server.auth.passwords import PasswordHasher, check_new_password
@@ -35,14 +38,13 @@ from server.errors import (
     Unauthenticated,
 )
 
-EQUIPMENT = (
-    "body_only", "barbell", "dumbbell", "kettlebells", "cable", "machine", "bands",
-    "medicine_ball", "exercise_ball", "foam_roll", "ez_curl_bar", "other",
-)  # fmt: skip
 PROFILE_FIELDS = (
     "display_name", "time_zone", "preferred_unit", "weekly_workout_goal", "available_equipment",
 )  # fmt: skip
 WRONG_CREDENTIALS = "email or password is incorrect"
+# A password check holds its place this long at most (a crashed server's checks lapse).
+PENDING_LEASE_SECONDS = 60
+PENDING_RETRY_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,21 @@ def check_display_name(name: str) -> str:
     return name
 
 
+@functools.cache
+def iana_time_zones() -> frozenset[str]:
+    # zoneinfo also finds "localtime" and the posix/ and right/ copies: not zone names.
+    return frozenset(
+        z
+        for z in available_timezones()
+        if z != "localtime" and not z.startswith(("posix/", "right/"))
+    )
+
+
 def check_time_zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    if name not in iana_time_zones():
         raise InvalidArgument(
             "time_zone", f"{name!r} is not an IANA time zone such as 'Europe/Berlin'"
-        ) from None
+        )
     return name
 
 
@@ -194,47 +204,80 @@ class AuthService:
         repo.add(s, user)
         return user, self._start_session(s, user)
 
-    def _admit_attempt(self, s: Session, email: str) -> str | None:
-        """Count a sign-in attempt for `email` before checking it; return the stored hash.
+    def _begin_attempt(self, s: Session, email: str) -> str | None:
+        """Admit a password check for `email` (whether or not an account has it) and
+        return the stored hash, or refuse it unchecked with RESOURCE_EXHAUSTED.
 
-        Attempts are counted per email whether or not an account has it. From the
-        `login_max_failures`-th failure in a row, each attempt locks the email for
-        a period that doubles up to `login_max_lock_seconds`; attempts while
-        locked are refused and do not lengthen the lock.
+        Checks under way never exceed the failures still allowed (one at a time once
+        the limit is reached), so parallel guesses get no more checks than sequential
+        ones. From the limit on, each failure locks the email for a period that
+        doubles up to `login_max_lock_seconds`; refused attempts neither count nor
+        lengthen it.
         """
         now = self.now()
         key = email_key(email)
         throttle = repo.get_throttle_for_update(s, key)
         if throttle is None:
-            throttle = LoginThrottle(email_key=key, failures=0, last_attempt_at=now)
+            throttle = LoginThrottle(email_key=key, failures=0, pending=0, last_attempt_at=now)
             repo.add(s, throttle)
         if throttle.locked_until is not None and throttle.locked_until > now:
             wait = (throttle.locked_until - now).total_seconds()
             raise ResourceExhausted(
-                f"too many failed sign-in attempts for this email; try again in {int(wait) + 1} s",
+                "too many failed sign-in attempts for this email; "
+                f"try again in {math.ceil(wait)} s",
                 reason="LOGIN_THROTTLED",
                 retry_after_seconds=wait,
             )
-        throttle.failures += 1
-        throttle.last_attempt_at = now
-        over = throttle.failures - self.settings.login_max_failures
-        if over >= 0:
-            seconds = min(
-                self.settings.login_lock_seconds * 2**over, self.settings.login_max_lock_seconds
+        live = throttle.pending_until is not None and throttle.pending_until > now
+        pending = throttle.pending if live else 0
+        # Up to the failures still allowed may be checked at once; one at a time past a lock.
+        if pending >= max(1, self.settings.login_max_failures - throttle.failures):
+            raise ResourceExhausted(
+                "too many sign-in attempts at once for this email; try again in a few seconds",
+                reason="LOGIN_THROTTLED",
+                retry_after_seconds=PENDING_RETRY_SECONDS,
             )
-            throttle.locked_until = now + timedelta(seconds=seconds)
+        throttle.pending = pending + 1
+        throttle.pending_until = now + timedelta(seconds=PENDING_LEASE_SECONDS)
+        throttle.last_attempt_at = now
         user = repo.get_user_by_email(s, email)
         return user.password_hash if user else None
+
+    def _end_attempt(self, s: Session, email: str, outcome: str) -> None:
+        """Settle an admitted check: "ok", "failed", or "unchecked" (e.g. server busy)."""
+        throttle = repo.get_throttle_for_update(s, email_key(email))
+        if throttle is None:
+            return
+        throttle.pending = max(0, throttle.pending - 1)
+        if outcome == "ok":
+            throttle.failures = 0
+            throttle.locked_until = None
+        elif outcome == "failed":
+            throttle.failures += 1
+            over = throttle.failures - self.settings.login_max_failures
+            if over >= 0:
+                seconds = min(
+                    self.settings.login_lock_seconds * 2**over,
+                    self.settings.login_max_lock_seconds,
+                )
+                throttle.locked_until = self.now() + timedelta(seconds=seconds)
+        if throttle.failures == 0 and throttle.pending == 0:
+            repo.delete_throttle(s, throttle.email_key)
 
     def _check_password(self, email: str, password: str) -> None:
         """Throttled password check; raises Unauthenticated on any mismatch."""
         try:
-            hashed = self.db.run(lambda s: self._admit_attempt(s, email))
+            hashed = self.db.run(lambda s: self._begin_attempt(s, email))
         except exc.IntegrityError:  # two first attempts for one email at once
-            hashed = self.db.run(lambda s: self._admit_attempt(s, email))
-        if not self.hasher.verify(password, hashed):
+            hashed = self.db.run(lambda s: self._begin_attempt(s, email))
+        try:
+            ok = self.hasher.verify(password, hashed)
+        except BaseException:
+            self.db.run(lambda s: self._end_attempt(s, email, "unchecked"))
+            raise
+        self.db.run(lambda s: self._end_attempt(s, email, "ok" if ok else "failed"))
+        if not ok:
             raise Unauthenticated(WRONG_CREDENTIALS, reason="INVALID_CREDENTIALS")
-        self.db.run(lambda s: repo.delete_throttle(s, email_key(email)))
 
     def login(self, email: str, password: str) -> tuple[User, Tokens]:
         email = normalize_email(email)
@@ -321,7 +364,7 @@ class AuthService:
             values["available_equipment"] = sorted(set(equipment))
 
         def work(s: Session) -> User:
-            user = self.current_user(s)
+            user = repo.lock_user(s, self.current_user(s))
             if expected_etag and expected_etag != etag(user):
                 raise Aborted(
                     "the profile changed since it was read; read it again and retry",
@@ -385,7 +428,7 @@ class AuthService:
                 raise NotFound(f"no user has the email {email}", reason="USER_NOT_FOUND")
             if target.role == role:
                 return target
-            if target.role == "admin" and repo.count_admins(s) <= 1:
+            if target.role == "admin" and repo.lock_admins(s) <= 1:
                 raise FailedPrecondition("cannot demote the last admin", reason="LAST_ADMIN")
             now = self.now()
             target.role = role

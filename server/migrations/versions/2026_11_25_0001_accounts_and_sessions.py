@@ -25,6 +25,8 @@ def upgrade() -> None:
         sa.Column("email_key", sa.String(length=64), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("locked_until", server.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("pending", sa.Integer(), nullable=False),
+        sa.Column("pending_until", server.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_attempt_at", server.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("email_key", name=op.f("pk_login_throttles")),
     )
