@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -203,6 +204,13 @@ def rpc_error(call, *args, **kwargs) -> grpc.RpcError:  # type: ignore[no-untype
     return info.value  # type: ignore[return-value]
 
 
-@pytest.fixture
-def tmp_db_path(tmp_path: Path) -> Path:
-    return tmp_path / "repwise.db"
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The google.rpc.ErrorInfo in a failed call's status details."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the status carries no details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError(f"the status details carry no google.rpc.ErrorInfo: {status}")

@@ -13,13 +13,11 @@ import grpc
 import jwt
 import pytest
 from google.protobuf import message_factory
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from repwise.v1 import auth_pb2, catalog_pb2, log_pb2, training_pb2
-from tests.conftest import TEST_SECRET, bearer, register, rpc_error
+from tests.conftest import TEST_SECRET, bearer, error_info, register, rpc_error
 
 METHODS = [
     method
@@ -63,17 +61,6 @@ def invoke(channel: grpc.Channel, method, metadata=()):
     request = iter([request_type()]) if method.client_streaming else request_type()
     response = multicallable(request, metadata=metadata, timeout=10)
     return list(response) if method.server_streaming else response
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the status carries no details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("the status details carry no google.rpc.ErrorInfo")
 
 
 @pytest.fixture

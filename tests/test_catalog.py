@@ -15,14 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import text
 
 from client_sdk import features
 from repwise.v1 import auth_pb2, catalog_pb2, common_pb2
 from server.catalog.sources import import_free_exercise_db
-from tests.conftest import PASSWORD, bearer, make_admin, register, rpc_error
+from tests.conftest import PASSWORD, bearer, error_info, make_admin, register, rpc_error
 
 EXERCISES_JSON = Path(__file__).resolve().parents[2] / "shared/data/exercise-catalog/exercises.json"
 
@@ -128,17 +126,6 @@ def set_archived(db, exercise_id: str) -> None:
             text("UPDATE exercises SET archived = :a WHERE id = :id"),
             {"a": True, "id": exercise_id},
         )
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the status carries no details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("the status details carry no google.rpc.ErrorInfo")
 
 
 def assert_invalid(error: grpc.RpcError, field: str) -> None:

@@ -31,6 +31,7 @@ from server.migrate import upgrade
 from tests.conftest import (
     PASSWORD,
     bearer,
+    error_info,
     make_settings,
     register,
     rpc_error,
@@ -71,17 +72,6 @@ def details(error: grpc.RpcError) -> str:
 def assert_no_leak(text: str) -> None:
     for leak in LEAKS:
         assert leak not in text, f"{leak!r} leaked into {text!r}"
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status in the trailers"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError(f"no ErrorInfo in {status}")
 
 
 # --- health --------------------------------------------------------------------------------

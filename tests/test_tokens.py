@@ -17,11 +17,9 @@ from dataclasses import dataclass
 import grpc
 import jwt
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from repwise.v1 import auth_pb2
-from tests.conftest import PASSWORD, TEST_SECRET, bearer, register, rpc_error
+from tests.conftest import PASSWORD, TEST_SECRET, bearer, error_info, register, rpc_error
 
 # The documented contract (README, server/config.py defaults).
 ISSUER = "repwise"
@@ -80,17 +78,6 @@ def with_payload(token: str, claims: dict) -> str:
     """The token with its claims replaced and its original signature kept."""
     header, _, signature = token.split(".")
     return f"{header}.{b64json(claims)}.{signature}"
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the status carries no details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("the status details carry no google.rpc.ErrorInfo")
 
 
 def get_me(server, token: str) -> auth_pb2.User:
