@@ -34,6 +34,8 @@ from server.catalog.servicer import CatalogServicer
 from server.config import Settings
 from server.db import Database, utcnow
 from server.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
+from server.logs import repository as logs_repository
+from server.logs.service import LogService
 from server.logs.servicer import LogServicer
 from server.training.servicer import TrainingServicer
 
@@ -76,6 +78,7 @@ class RepwiseServer:
         )
         self.auth = AuthService(self.db, settings, self.hasher, self.tokens, now)
         self.catalog = CatalogService(self.db, self.auth, now)
+        self.logs = LogService(self.db, self.auth, now)
         self.health = health.HealthServicer()
         self._health_check_seconds = health_check_seconds
         self._stopping = threading.Event()
@@ -105,12 +108,11 @@ class RepwiseServer:
             maximum_concurrent_rpcs=self.settings.max_workers * 8,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.auth), server)
-        # Workouts do not exist yet, so no exercise is referenced by one.
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(self.catalog, is_referenced=lambda _session, _exercise_id: False),
+            CatalogServicer(self.catalog, is_referenced=logs_repository.exercise_is_referenced),
             server,
         )
-        log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(), server)  # type: ignore[abstract]
+        log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs), server)  # type: ignore[abstract]
         training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(), server)  # type: ignore[abstract]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -1,0 +1,385 @@
+"""Workout rules: validation, client-chosen ids, idempotent creates, etags, tombstones."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+from server import idempotency
+from server.auth.service import AuthService, iana_time_zones
+from server.db import Database
+from server.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from server.logs import repository as repo
+from server.logs.models import Workout, WorkoutExercise, WorkoutSet
+
+SET_KINDS = ("warmup", "normal", "drop", "failure")
+MAX_EXERCISES = 100
+MAX_SETS = 100
+MAX_FUTURE = timedelta(days=1)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_DURATION = timedelta(days=2)
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class SetData:
+    reps: int | None = None
+    weight_kg: float | None = None
+    rpe: float | None = None
+    rir: float | None = None
+    duration_s: float | None = None
+    distance_m: float | None = None
+    kind: str = "normal"
+
+
+@dataclass(frozen=True)
+class PerformedData:
+    exercise_id: str  # id or slug on input; the resolved id once checked
+    notes: str = ""
+    sets: tuple[SetData, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkoutData:
+    id: str
+    started_at: datetime | None
+    ended_at: datetime | None = None
+    title: str = ""
+    notes: str = ""
+    time_zone: str = ""
+    exercises: tuple[PerformedData, ...] = ()
+
+
+@dataclass(frozen=True)
+class PerformedView:
+    exercise_id: str
+    exercise_name: str
+    notes: str
+    sets: tuple[SetData, ...]
+
+
+@dataclass(frozen=True)
+class WorkoutView:
+    workout: Workout
+    exercises: tuple[PerformedView, ...]
+
+
+def check_workout_id(value: str, field: str = "workout.id") -> str:
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidArgument(field, "must be a UUID chosen by the client") from None
+
+
+def _number(field: str, value: float | None, low: float, high: float) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise InvalidArgument(field, "must be a finite number")
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low:g} and {high:g}")
+    return value
+
+
+def check_set(item: SetData, field: str) -> SetData:
+    _number(f"{field}.reps", item.reps, 0, 1000)
+    _number(f"{field}.weight", item.weight_kg, 0, 1000)
+    rpe = _number(f"{field}.rpe", item.rpe, 1, 10)
+    if rpe is not None and rpe * 2 != int(rpe * 2):
+        raise InvalidArgument(f"{field}.rpe", "must be in steps of 0.5")
+    _number(f"{field}.rir", item.rir, 0, 10)
+    _number(f"{field}.duration", item.duration_s, 0, 24 * 3600)
+    _number(f"{field}.distance_m", item.distance_m, 0, 1_000_000)
+    if item.kind not in SET_KINDS:
+        raise InvalidArgument(f"{field}.kind", "unknown set kind")
+    return item
+
+
+def check_workout(data: WorkoutData, now: datetime, default_zone: str) -> WorkoutData:
+    """Validate everything but exercise references; errors name the field."""
+    workout_id = check_workout_id(data.id)
+    if data.started_at is None:
+        raise InvalidArgument("workout.start_time", "is required")
+    if not EARLIEST <= data.started_at <= now + MAX_FUTURE:
+        raise InvalidArgument("workout.start_time", "must be after 1970 and at most a day ahead")
+    if data.ended_at is not None and not (
+        data.started_at <= data.ended_at <= data.started_at + MAX_DURATION
+    ):
+        raise InvalidArgument(
+            "workout.end_time", "must be after start_time and at most two days later"
+        )
+    title, notes = " ".join(data.title.split()), data.notes.strip()
+    if len(title) > 200:
+        raise InvalidArgument("workout.title", "must be at most 200 characters")
+    if len(notes) > 10_000:
+        raise InvalidArgument("workout.notes", "must be at most 10000 characters")
+    zone = data.time_zone or default_zone
+    if zone not in iana_time_zones():
+        raise InvalidArgument("workout.time_zone", f"{zone!r} is not an IANA time zone")
+    if len(data.exercises) > MAX_EXERCISES:
+        raise InvalidArgument("workout.exercises", f"at most {MAX_EXERCISES} exercises")
+    for i, performed in enumerate(data.exercises):
+        field = f"workout.exercises[{i}]"
+        if not performed.exercise_id.strip():
+            raise InvalidArgument(f"{field}.exercise_id", "is required")
+        if len(performed.sets) > MAX_SETS:
+            raise InvalidArgument(f"{field}.sets", f"at most {MAX_SETS} sets")
+        if len(performed.notes) > 2000:
+            raise InvalidArgument(f"{field}.notes", "must be at most 2000 characters")
+        for j, item in enumerate(performed.sets):
+            check_set(item, f"{field}.sets[{j}]")
+    return replace(data, id=workout_id, title=title, notes=notes, time_zone=zone)
+
+
+def content_hash(data: WorkoutData) -> str:
+    def rounded(value: object) -> object:
+        return round(value, 6) if isinstance(value, float) else value
+
+    body = asdict(data)
+    for performed in body["exercises"]:
+        performed["sets"] = [{k: rounded(v) for k, v in s.items()} for s in performed["sets"]]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def etag(workout: Workout) -> str:
+    return str(workout.version)
+
+
+def _rows(user_id: str, data: WorkoutData) -> tuple[list[WorkoutExercise], list[WorkoutSet]]:
+    exercises, sets = [], []
+    for position, performed in enumerate(data.exercises):
+        exercises.append(
+            WorkoutExercise(
+                user_id=user_id,
+                workout_id=data.id,
+                position=position,
+                exercise_id=performed.exercise_id,
+                notes=performed.notes,
+            )
+        )
+        for index, item in enumerate(performed.sets):
+            sets.append(
+                WorkoutSet(
+                    user_id=user_id,
+                    workout_id=data.id,
+                    position=position,
+                    set_index=index,
+                    **asdict(item),
+                )
+            )
+    return exercises, sets
+
+
+class LogService:
+    def __init__(self, db: Database, auth: AuthService, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.auth = auth
+        self.now = now
+
+    def _resolve(self, s: Session, user_id: str, data: WorkoutData) -> WorkoutData:
+        """Exercise ids or slugs -> ids of exercises this user can see."""
+        found = repo.visible_exercises(s, user_id, [p.exercise_id for p in data.exercises])
+        resolved = []
+        for i, performed in enumerate(data.exercises):
+            exercise = found.get(performed.exercise_id)
+            if exercise is None:
+                raise InvalidArgument(
+                    f"workout.exercises[{i}].exercise_id",
+                    f"no exercise {performed.exercise_id!r} in the catalog or your exercises",
+                )
+            resolved.append(replace(performed, exercise_id=exercise.id))
+        return replace(data, exercises=tuple(resolved))
+
+    def _view(self, s: Session, workout: Workout) -> WorkoutView:
+        return self._views(s, [workout])[0]
+
+    @staticmethod
+    def _views(s: Session, workouts: Sequence[Workout]) -> list[WorkoutView]:
+        if not workouts:
+            return []
+        children = repo.children(s, workouts[0].user_id, [w.id for w in workouts])
+        return [
+            WorkoutView(
+                workout=w,
+                exercises=tuple(
+                    PerformedView(
+                        exercise_id=p.exercise_id,
+                        exercise_name=name,
+                        notes=p.notes,
+                        sets=tuple(
+                            SetData(
+                                reps=x.reps,
+                                weight_kg=x.weight_kg,
+                                rpe=x.rpe,
+                                rir=x.rir,
+                                duration_s=x.duration_s,
+                                distance_m=x.distance_m,
+                                kind=x.kind,
+                            )
+                            for x in sets
+                        ),
+                    )
+                    for p, name, sets in children.get(w.id, [])
+                ),
+            )
+            for w in workouts
+        ]
+
+    def preferred_unit(self) -> str:
+        return self.db.run(lambda s: self.auth.current_user(s).preferred_unit, write=False)
+
+    def create(self, data: WorkoutData, request_id: str = "") -> WorkoutView:
+        """Store a new workout. A retry (same id, same content) returns the original;
+        an optional request_id (AIP-155) may not be reused for a different request."""
+        request_id = idempotency.check_request_id(request_id) if request_id else ""
+
+        def work(s: Session) -> WorkoutView:
+            user = self.auth.current_user(s)
+            checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
+            digest = content_hash(checked)
+            if request_id:
+                # Refuses a request_id used before for another request; the id finds retries.
+                idempotency.find(s, user.id, "CreateWorkout", request_id, digest)
+            existing = repo.get(s, user.id, checked.id)
+            if existing is not None:
+                if existing.deleted_at is None and existing.content_hash == digest:
+                    return self._view(s, existing)  # a retry: the original answer
+                raise AlreadyExists(
+                    f"workout {checked.id} already exists with other content"
+                    + (" (it was deleted)" if existing.deleted_at else ""),
+                    reason="WORKOUT_EXISTS",
+                )
+            now = self.now()
+            workout = Workout(
+                user_id=user.id,
+                id=checked.id,
+                title=checked.title,
+                notes=checked.notes,
+                started_at=checked.started_at,
+                ended_at=checked.ended_at,
+                time_zone=checked.time_zone,
+                content_hash=digest,
+                version=1,
+                change_seq=repo.next_change_seq(s, user.id),
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(workout)
+            s.flush()
+            repo.add_children(s, *_rows(user.id, checked))
+            if request_id:
+                idempotency.remember(
+                    s, user.id, "CreateWorkout", request_id, digest, checked.id, now
+                )
+            return self._view(s, workout)
+
+        try:
+            return self.db.run(work)
+        except exc.IntegrityError:
+            # A concurrent create of the same id (or the user's first change) won: decide again.
+            return self.db.run(work)
+
+    def get(self, workout_id: str) -> WorkoutView:
+        workout_id = check_workout_id(workout_id, "id")
+
+        def work(s: Session) -> WorkoutView:
+            user = self.auth.current_user(s)
+            workout = repo.get(s, user.id, workout_id)
+            if workout is None or workout.deleted_at is not None:
+                raise NotFound(f"no workout {workout_id}", reason="WORKOUT_NOT_FOUND")
+            return self._view(s, workout)
+
+        return self.db.run(work, write=False)
+
+    def list(
+        self, start: datetime | None, end: datetime | None, page_size: int, page_token: str
+    ) -> tuple[list[WorkoutView], str]:
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token)
+
+        def work(s: Session) -> tuple[list[WorkoutView], str]:
+            user = self.auth.current_user(s)
+            rows = list(repo.list_page(s, user.id, start, end, after, limit + 1))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            token = encode_page_token(rows[-1]) if more else ""
+            return self._views(s, rows), token
+
+        return self.db.run(work, write=False)
+
+    def update(self, data: WorkoutData, expected_etag: str) -> WorkoutView:
+        """Replace the workout's content; a stale etag changes nothing."""
+
+        def work(s: Session) -> WorkoutView:
+            user = self.auth.current_user(s)
+            checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
+            workout = repo.get(s, user.id, checked.id, for_update=True)
+            if workout is None or workout.deleted_at is not None:
+                raise NotFound(f"no workout {checked.id}", reason="WORKOUT_NOT_FOUND")
+            if expected_etag and expected_etag != etag(workout):
+                raise Aborted(
+                    "the workout changed since it was read; read it again", reason="ETAG_MISMATCH"
+                )
+            digest = content_hash(checked)
+            if digest != workout.content_hash:
+                for name in ("title", "notes", "started_at", "ended_at", "time_zone"):
+                    setattr(workout, name, getattr(checked, name))
+                workout.content_hash = digest
+                workout.version += 1
+                workout.change_seq = repo.next_change_seq(s, user.id)
+                workout.updated_at = self.now()
+                repo.delete_children(s, user.id, workout.id)
+                repo.add_children(s, *_rows(user.id, checked))
+            return self._view(s, workout)
+
+        return self.db.run(work)
+
+    def delete(self, workout_id: str, expected_etag: str) -> None:
+        """Delete, keeping a tombstone so other devices learn of it when they sync."""
+        workout_id = check_workout_id(workout_id, "id")
+
+        def work(s: Session) -> None:
+            user = self.auth.current_user(s)
+            workout = repo.get(s, user.id, workout_id, for_update=True)
+            if workout is None or workout.deleted_at is not None:
+                raise NotFound(f"no workout {workout_id}", reason="WORKOUT_NOT_FOUND")
+            if expected_etag and expected_etag != etag(workout):
+                raise Aborted(
+                    "the workout changed since it was read; read it again", reason="ETAG_MISMATCH"
+                )
+            now = self.now()
+            repo.delete_children(s, user.id, workout.id)
+            workout.deleted_at = now
+            workout.updated_at = now
+            workout.version += 1
+            workout.change_seq = repo.next_change_seq(s, user.id)
+
+        self.db.run(work)
+
+
+def encode_page_token(last: Workout) -> str:
+    raw = json.dumps({"t": last.started_at.isoformat(), "i": last.id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return datetime.fromisoformat(data["t"]), str(data["i"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidArgument("page_token", "is not a token from a previous response") from None
