@@ -103,7 +103,11 @@ class RepwiseServer:
             futures.ThreadPoolExecutor(
                 max_workers=self.settings.max_workers, thread_name_prefix="repwise-rpc"
             ),
-            interceptors=[LoggingInterceptor(), ErrorInterceptor(), AuthInterceptor(self.tokens)],
+            interceptors=[
+                LoggingInterceptor(),
+                ErrorInterceptor(max_streams=max(1, self.settings.max_workers // 2)),
+                AuthInterceptor(self.tokens),
+            ],
             options=options,
             maximum_concurrent_rpcs=self.settings.max_workers * 8,
         )

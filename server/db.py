@@ -38,6 +38,7 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # PostgreSQL SQLSTATEs worth retrying: serialization_failure, deadlock_detected.
 RETRYABLE_PG_CODES = {"40001", "40P01"}
 MAX_ATTEMPTS = 4
+SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly", "full")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -118,7 +119,15 @@ def is_unavailable(error: BaseException) -> bool:
     if isinstance(error, exc.TimeoutError):  # pool exhausted
         return True
     if isinstance(error, exc.DBAPIError):
-        return bool(error.connection_invalidated) or isinstance(error, exc.OperationalError)
+        if error.connection_invalidated:
+            return True
+        if not isinstance(error, exc.OperationalError):
+            return False
+        if type(error.orig).__module__.startswith("sqlite3"):
+            # "no such table" and the like are bugs, not outages.
+            text = str(error.orig).lower()
+            return any(word in text for word in SQLITE_UNAVAILABLE)
+        return True
     return False
 
 
@@ -140,17 +149,21 @@ class Database:
             self.engine.execution_options(repwise_write=True), expire_on_commit=False
         )
 
-    def run(self, work: Callable[[Session], T], *, write: bool = True) -> T:
+    def run(
+        self, work: Callable[[Session], T], *, write: bool = True, honour_deadline: bool = True
+    ) -> T:
         """Run `work` in one transaction: commit on success, roll back on any error.
 
         Serialization failures and deadlocks are retried with a short backoff;
-        `work` must therefore not have side effects outside the session.
+        `work` must therefore not have side effects outside the session. Past the
+        call's deadline nothing is committed, unless `honour_deadline` is False
+        (bookkeeping that must happen whether or not the client still waits).
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             session = (self._write if write else self._read)()
             try:
                 result = work(session)
-                if deadline_passed():
+                if honour_deadline and deadline_passed():
                     # The client has given up: keep nothing of what it can no longer see.
                     raise DeadlineExceeded("the call's deadline passed; nothing was changed")
                 session.commit()

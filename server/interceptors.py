@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from grpc_status import rpc_status
 from server.auth.tokens import TokenIssuer
 from server.context import CallInfo, current_call, current_principal
 from server.db import is_unavailable
-from server.errors import DomainError, Unauthenticated
+from server.errors import DomainError, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger("repwise.rpc")
 ERROR_DOMAIN = "repwise.v1"
@@ -187,7 +188,15 @@ def _status_for(error: DomainError, request_id: str | None) -> status_pb2.Status
 class ErrorInterceptor(_BehaviorInterceptor):
     """Turns exceptions into statuses: domain errors carry their own code; an
     unreachable database is UNAVAILABLE; anything else is INTERNAL with a
-    generic message and the traceback in the log. Never UNKNOWN."""
+    generic message and the traceback in the log. Never UNKNOWN.
+
+    It also caps streaming calls (history, health Watch, reflection): each holds
+    a server thread while open, so past `max_streams` a new stream is refused
+    with RESOURCE_EXHAUSTED rather than let streams take every thread.
+    """
+
+    def __init__(self, max_streams: int) -> None:
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def _handle(self, error: BaseException, context: grpc.ServicerContext, method: str) -> None:
         info = current_call.get()
@@ -221,11 +230,22 @@ class ErrorInterceptor(_BehaviorInterceptor):
 
     def wrap_stream(self, behavior: Behavior, method: str, metadata: Any) -> Behavior:
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            admitted = False
             try:
+                admitted = self._streams.acquire(blocking=False)
+                if not admitted:
+                    raise ResourceExhausted(
+                        "too many streams are open on this server; retry shortly",
+                        reason="TOO_MANY_STREAMS",
+                        retry_after_seconds=1,
+                    )
                 yield from behavior(request, context)
             except Exception as error:
                 self._handle(error, context, method)
                 raise
+            finally:
+                if admitted:
+                    self._streams.release()
 
         return call
 

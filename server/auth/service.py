@@ -45,6 +45,7 @@ WRONG_CREDENTIALS = "email or password is incorrect"
 # A password check holds its place this long at most (a crashed server's checks lapse).
 PENDING_LEASE_SECONDS = 60
 PENDING_RETRY_SECONDS = 2
+FAILURE_MEMORY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ class AuthService:
                 reason="LOGIN_THROTTLED",
                 retry_after_seconds=wait,
             )
+        if throttle.last_attempt_at < now - FAILURE_MEMORY:
+            throttle.failures = 0  # a day without attempts forgets old failures
         live = throttle.pending_until is not None and throttle.pending_until > now
         pending = throttle.pending if live else 0
         # Up to the failures still allowed may be checked at once; one at a time past a lock.
@@ -264,28 +267,32 @@ class AuthService:
         if throttle.failures == 0 and throttle.pending == 0:
             repo.delete_throttle(s, throttle.email_key)
 
-    def _check_password(self, email: str, password: str) -> None:
-        """Throttled password check; raises Unauthenticated on any mismatch."""
+    def _check_password(self, email: str, password: str) -> str:
+        """Throttled password check; returns the hash it matched, or raises Unauthenticated.
+
+        The attempt is settled even past the call's deadline: an abandoned call
+        must not keep its place (or a client could lock an email out for free).
+        """
         try:
             hashed = self.db.run(lambda s: self._begin_attempt(s, email))
         except exc.IntegrityError:  # two first attempts for one email at once
             hashed = self.db.run(lambda s: self._begin_attempt(s, email))
+        outcome = "unchecked"
         try:
-            ok = self.hasher.verify(password, hashed)
-        except BaseException:
-            self.db.run(lambda s: self._end_attempt(s, email, "unchecked"))
-            raise
-        self.db.run(lambda s: self._end_attempt(s, email, "ok" if ok else "failed"))
-        if not ok:
+            outcome = "ok" if self.hasher.verify(password, hashed) else "failed"
+        finally:
+            self.db.run(lambda s: self._end_attempt(s, email, outcome), honour_deadline=False)
+        if outcome != "ok" or hashed is None:
             raise Unauthenticated(WRONG_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        return hashed
 
     def login(self, email: str, password: str) -> tuple[User, Tokens]:
         email = normalize_email(email)
-        self._check_password(email, password)
+        checked_hash = self._check_password(email, password)
 
         def work(s: Session) -> tuple[User, Tokens]:
             user = repo.get_user_by_email(s, email)
-            if user is None:  # deleted in between
+            if user is None or user.password_hash != checked_hash:  # deleted or changed since
                 raise Unauthenticated(WRONG_CREDENTIALS, reason="INVALID_CREDENTIALS")
             return user, self._start_session(s, user)
 

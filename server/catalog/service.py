@@ -32,6 +32,7 @@ from server.errors import (
     PermissionDenied,
 )
 
+RACE_RETRIES = 5
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -311,11 +312,12 @@ class CatalogService:
                 )
             return exercise
 
-        try:
-            return self.db.run(work)
-        except exc.IntegrityError:
-            # A concurrent create took the slug or the request_id first: decide again.
-            return self.db.run(work)
+        for _ in range(RACE_RETRIES):
+            try:
+                return self.db.run(work)
+            except exc.IntegrityError:
+                continue  # a concurrent create took the slug or the request_id: decide again
+        raise Aborted("too many concurrent creates; retry", reason="CONCURRENT_CREATE")
 
     @staticmethod
     def _unique_slug(s: Session, spec: ExerciseSpec, public: bool) -> ExerciseSpec:
