@@ -16,6 +16,8 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from server import idempotency
+from server.auth import repository as auth_repository
+from server.auth.models import User
 from server.auth.service import AuthService, iana_time_zones
 from server.db import Database
 from server.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
@@ -240,12 +242,27 @@ class LogService:
         return self.db.run(lambda s: self.auth.current_user(s).preferred_unit, write=False)
 
     def create(self, data: WorkoutData, request_id: str = "") -> WorkoutView:
-        """Store a new workout. A retry (same id, same content) returns the original;
-        an optional request_id (AIP-155) may not be reused for a different request."""
+        """Store a new workout for the caller. A retry (same id, same content) returns the
+        original; an optional request_id (AIP-155) may not be reused for another request."""
         request_id = idempotency.check_request_id(request_id) if request_id else ""
+        return self._create(lambda s: self.auth.current_user(s), data, request_id)[0]
 
-        def work(s: Session) -> WorkoutView:
-            user = self.auth.current_user(s)
+    def create_for(self, user_id: str, data: WorkoutData) -> tuple[WorkoutView, bool]:
+        """Store a workout for a named user (imports, tools); True if it was new."""
+
+        def owner(s: Session) -> User:
+            user = auth_repository.get_user(s, user_id)
+            if user is None:
+                raise NotFound(f"no user {user_id}", reason="USER_NOT_FOUND")
+            return user
+
+        return self._create(owner, data, "")
+
+    def _create(
+        self, owner: Callable[[Session], User], data: WorkoutData, request_id: str
+    ) -> tuple[WorkoutView, bool]:
+        def work(s: Session) -> tuple[WorkoutView, bool]:
+            user = owner(s)
             checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
             digest = content_hash(checked)
             if request_id:
@@ -254,7 +271,7 @@ class LogService:
             existing = repo.get(s, user.id, checked.id)
             if existing is not None:
                 if existing.deleted_at is None and existing.content_hash == digest:
-                    return self._view(s, existing)  # a retry: the original answer
+                    return self._view(s, existing), False  # a retry: the original answer
                 raise AlreadyExists(
                     f"workout {checked.id} already exists with other content"
                     + (" (it was deleted)" if existing.deleted_at else ""),
@@ -282,7 +299,7 @@ class LogService:
                 idempotency.remember(
                     s, user.id, "CreateWorkout", request_id, digest, checked.id, now
                 )
-            return self._view(s, workout)
+            return self._view(s, workout), True
 
         try:
             return self.db.run(work)
