@@ -311,7 +311,8 @@ def test_reflection_needs_no_token(server, metadata):
 
 
 @pytest.mark.parametrize(
-    "method", ["/repwise.v1.LogService/GetStats", "/repwise.v1.LogService/StreamHistory"]
+    "method",
+    ["/repwise.v1.TrainingService/GetModelBundle", "/repwise.v1.TrainingService/TrainNow"],
 )
 def test_unimplemented_method_names_itself(server, token, method):
     error = rpc_error(invoke, server.channel, METHOD[method], metadata=bearer(token))

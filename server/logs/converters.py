@@ -7,7 +7,17 @@ from typing import Any
 from repwise.v1 import common_pb2, log_pb2
 from server.converters import enum_names, from_timestamp, timestamp
 from server.errors import InvalidArgument
-from server.logs.service import PerformedData, SetData, WorkoutData, WorkoutView, etag
+from server.logs import stats
+from server.logs.service import (
+    HistoryEntry,
+    PerformedData,
+    PerformedView,
+    SetData,
+    SyncResultData,
+    WorkoutData,
+    WorkoutView,
+    etag,
+)
 
 KG_PER_LB = 0.45359237
 SET_KIND_FROM_PB, SET_KIND_TO_PB = enum_names(log_pb2.SetKind, "SET_KIND_")
@@ -94,23 +104,108 @@ def workout_to_pb(view: WorkoutView, unit_name: str) -> log_pb2.Workout:
     if w.deleted_at is not None:
         message.delete_time.CopyFrom(timestamp(w.deleted_at))
     for performed in view.exercises:
-        out = message.exercises.add(
-            exercise_id=performed.exercise_id,
-            exercise_name=performed.exercise_name,
-            notes=performed.notes,
-        )
-        for item in performed.sets:
-            s = out.sets.add(kind=SET_KIND_TO_PB[item.kind])
-            if item.reps is not None:
-                s.reps = item.reps
-            if item.weight_kg is not None:
-                s.weight = _weight_out(item.weight_kg, unit_name)
-            if item.rpe is not None:
-                s.rpe = item.rpe
-            if item.rir is not None:
-                s.rir = item.rir
-            if item.duration_s is not None:
-                s.duration.FromMilliseconds(round(item.duration_s * 1000))
-            if item.distance_m is not None:
-                s.distance_m = item.distance_m
+        performed_to_pb(performed, unit_name, message.exercises.add())
     return message
+
+
+def performed_to_pb(
+    performed: PerformedView, unit_name: str, out: log_pb2.PerformedExercise
+) -> log_pb2.PerformedExercise:
+    out.exercise_id = performed.exercise_id
+    out.exercise_name = performed.exercise_name
+    out.notes = performed.notes
+    for item in performed.sets:
+        s = out.sets.add(kind=SET_KIND_TO_PB[item.kind])
+        if item.reps is not None:
+            s.reps = item.reps
+        if item.weight_kg is not None:
+            s.weight = _weight_out(item.weight_kg, unit_name)
+        if item.rpe is not None:
+            s.rpe = item.rpe
+        if item.rir is not None:
+            s.rir = item.rir
+        if item.duration_s is not None:
+            s.duration.FromMilliseconds(round(item.duration_s * 1000))
+        if item.distance_m is not None:
+            s.distance_m = item.distance_m
+    return out
+
+
+SYNC_OUTCOME_FROM_PB, SYNC_OUTCOME_TO_PB = enum_names(log_pb2.SyncOutcome, "SYNC_OUTCOME_")
+
+
+def sync_result_to_pb(result: SyncResultData) -> log_pb2.SyncResult:
+    return log_pb2.SyncResult(
+        workout_id=result.workout_id,
+        outcome=SYNC_OUTCOME_TO_PB[result.outcome],
+        message=result.message,
+        field=result.field,
+        etag=result.etag,
+    )
+
+
+def history_entry_to_pb(entry: HistoryEntry, unit_name: str) -> log_pb2.HistoryEntry:
+    message = log_pb2.HistoryEntry(
+        workout_id=entry.workout_id,
+        workout_start_time=timestamp(entry.started_at),
+        position=entry.position,
+    )
+    performed_to_pb(entry.exercise, unit_name, message.exercise)
+    return message
+
+
+RECORD_KIND_FROM_PB, RECORD_KIND_TO_PB = enum_names(log_pb2.RecordKind, "RECORD_KIND_")
+_, MUSCLE_TO_PB = enum_names(common_pb2.Muscle, "MUSCLE_")
+
+
+def stats_to_pb(result: stats.Stats, unit_name: str) -> log_pb2.GetStatsResponse:
+    def weight(kg: float) -> float:
+        return _weight_out(kg, unit_name)
+
+    a = result.activity
+    return log_pb2.GetStatsResponse(
+        activity=log_pb2.ActivityStreaks(
+            current_days=a.current_days,
+            longest_days=a.longest_days,
+            current_weeks=a.current_weeks,
+            longest_weeks=a.longest_weeks,
+            weekly_goal=a.weekly_goal,
+            workouts_this_week=a.workouts_this_week,
+            time_zone=a.time_zone,
+        ),
+        progress=[
+            log_pb2.ExerciseProgress(
+                exercise_id=p.exercise_id,
+                exercise_name=p.exercise_name,
+                current_streak=p.current_streak,
+                longest_streak=p.longest_streak,
+                last_best_e1rm=weight(p.last_best_e1rm),
+                last_volume=weight(p.last_volume),
+                last_time=timestamp(p.last_time),
+            )
+            for p in result.progress
+        ],
+        records=[
+            log_pb2.PersonalRecord(
+                exercise_id=r.exercise_id,
+                kind=RECORD_KIND_TO_PB[r.kind],
+                # Reps are counts; every other record is a weight (or weight × reps).
+                value=r.value if r.kind == "most_reps" else weight(r.value),
+                weight=weight(r.weight),
+                reps=r.reps,
+                workout_id=r.workout_id,
+                time=timestamp(r.time),
+            )
+            for r in result.records
+        ],
+        weekly_volume=[
+            log_pb2.WeeklyMuscleVolume(
+                week_start=v.week_start.isoformat(),
+                muscle=MUSCLE_TO_PB[v.muscle],
+                sets=v.sets,
+                tonnage=weight(v.tonnage_kg),
+            )
+            for v in result.weekly_volume
+        ],
+        weight_unit=UNIT_TO_PB[unit_name],
+    )

@@ -119,3 +119,119 @@ def visible_exercises(s: Session, user_id: str, refs: Sequence[str]) -> dict[str
 
 def exercise_is_referenced(s: Session, exercise_id: str) -> bool:
     return bool(s.scalar(select(exists().where(WorkoutExercise.exercise_id == exercise_id))))
+
+
+def changes_since(s: Session, user_id: str, after_seq: int, limit: int) -> Sequence[Workout]:
+    """Workouts (tombstones included) changed after `after_seq`, oldest change first."""
+    return s.scalars(
+        select(Workout)
+        .where(Workout.user_id == user_id, Workout.change_seq > after_seq)
+        .order_by(Workout.change_seq)
+        .limit(limit)
+    ).all()
+
+
+HistoryRow = tuple[WorkoutExercise, datetime, str, list[WorkoutSet]]
+
+
+def history_page(
+    s: Session,
+    user_id: str,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    exercise_ids: Sequence[str],
+    after: tuple[datetime, str, int] | None,
+    descending: bool,
+    limit: int,
+) -> list[HistoryRow]:
+    """Performed exercises of live workouts with their workout's start, exercise name and sets,
+    in (started_at, workout_id, position) order, after the keyset `after`."""
+    query = (
+        select(WorkoutExercise, Workout.started_at, Exercise.name)
+        .join(
+            Workout,
+            (Workout.user_id == WorkoutExercise.user_id)
+            & (Workout.id == WorkoutExercise.workout_id),
+        )
+        .join(Exercise, Exercise.id == WorkoutExercise.exercise_id)
+        .where(WorkoutExercise.user_id == user_id, Workout.deleted_at.is_(None))
+    )
+    if start is not None:
+        query = query.where(Workout.started_at >= start)
+    if end is not None:
+        query = query.where(Workout.started_at < end)
+    if exercise_ids:
+        query = query.where(WorkoutExercise.exercise_id.in_(exercise_ids))
+    key = tuple_(Workout.started_at, WorkoutExercise.workout_id, WorkoutExercise.position)
+    if after is not None:
+        query = query.where(key < after if descending else key > after)
+    columns = (Workout.started_at, WorkoutExercise.workout_id, WorkoutExercise.position)
+    order = [c.desc() for c in columns] if descending else list(columns)
+    rows = s.execute(query.order_by(*order).limit(limit)).all()
+    if not rows:
+        return []
+    sets: dict[tuple[str, int], list[WorkoutSet]] = defaultdict(list)
+    for item in s.scalars(
+        select(WorkoutSet)
+        .where(
+            WorkoutSet.user_id == user_id,
+            WorkoutSet.workout_id.in_({row[0].workout_id for row in rows}),
+        )
+        .order_by(WorkoutSet.workout_id, WorkoutSet.position, WorkoutSet.set_index)
+    ):
+        sets[(item.workout_id, item.position)].append(item)
+    return [
+        (performed, started, name, sets[(performed.workout_id, performed.position)])
+        for performed, started, name in rows
+    ]
+
+
+def stat_rows(
+    s: Session, user_id: str, until: datetime
+) -> tuple[Sequence[Workout], list[tuple[WorkoutExercise, list[WorkoutSet]]], Sequence[Exercise]]:
+    """Everything statistics read, in three queries by user (no long IN lists): live workouts
+    started by `until`, their performed exercises with sets, and those exercises."""
+    live = (
+        (Workout.user_id == WorkoutExercise.user_id)
+        & (Workout.id == WorkoutExercise.workout_id)
+        & Workout.deleted_at.is_(None)
+        & (Workout.started_at <= until)
+    )
+    workouts = s.scalars(
+        select(Workout)
+        .where(
+            Workout.user_id == user_id, Workout.deleted_at.is_(None), Workout.started_at <= until
+        )
+        .order_by(Workout.started_at, Workout.id)
+    ).all()
+    performed = s.scalars(
+        select(WorkoutExercise)
+        .join(Workout, live)
+        .where(WorkoutExercise.user_id == user_id)
+        .order_by(WorkoutExercise.workout_id, WorkoutExercise.position)
+    ).all()
+    sets: dict[tuple[str, int], list[WorkoutSet]] = defaultdict(list)
+    for item in s.scalars(
+        select(WorkoutSet)
+        .join(
+            Workout,
+            (Workout.user_id == WorkoutSet.user_id)
+            & (Workout.id == WorkoutSet.workout_id)
+            & Workout.deleted_at.is_(None)
+            & (Workout.started_at <= until),
+        )
+        .where(WorkoutSet.user_id == user_id)
+        .order_by(WorkoutSet.workout_id, WorkoutSet.position, WorkoutSet.set_index)
+    ):
+        sets[(item.workout_id, item.position)].append(item)
+    exercises = s.scalars(
+        select(Exercise).where(
+            Exercise.id.in_(
+                select(WorkoutExercise.exercise_id)
+                .where(WorkoutExercise.user_id == user_id)
+                .distinct()
+            )
+        )
+    ).all()
+    return workouts, [(p, sets[(p.workout_id, p.position)]) for p in performed], exercises

@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,8 +20,9 @@ from server.auth import repository as auth_repository
 from server.auth.models import User
 from server.auth.service import AuthService, iana_time_zones
 from server.db import Database
-from server.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from server.errors import Aborted, AlreadyExists, DomainError, InvalidArgument, NotFound
 from server.logs import repository as repo
+from server.logs import stats
 from server.logs.models import Workout, WorkoutExercise, WorkoutSet
 
 SET_KINDS = ("warmup", "normal", "drop", "failure")
@@ -30,6 +31,13 @@ MAX_SETS = 100
 MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_DURATION = timedelta(days=2)
+MAX_SYNC_ITEMS = 500
+DEFAULT_STAT_WEEKS = 12
+MAX_STAT_WEEKS = 104
+DEFAULT_CHANGES = 200
+MAX_CHANGES = 1000
+DEFAULT_CHUNK = 500
+MAX_CHUNK = 5000
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
 
@@ -75,6 +83,65 @@ class PerformedView:
 class WorkoutView:
     workout: Workout
     exercises: tuple[PerformedView, ...]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    workout_id: str
+    started_at: datetime
+    position: int
+    exercise: PerformedView
+
+
+@dataclass(frozen=True)
+class SyncItem:
+    """One upsert of a sync: the converted workout, or why it could not be converted."""
+
+    workout_id: str
+    data: WorkoutData | None
+    etag: str = ""
+    error: DomainError | None = None
+
+
+@dataclass(frozen=True)
+class SyncResultData:
+    workout_id: str
+    outcome: str  # created, updated, unchanged, conflict, invalid, deleted
+    message: str = ""
+    field: str = ""
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    results: tuple[SyncResultData, ...]
+    changes: tuple[WorkoutView, ...]
+    next_cursor: str
+    has_more: bool
+
+
+def _set_data(row: WorkoutSet) -> SetData:
+    return SetData(
+        reps=row.reps,
+        weight_kg=row.weight_kg,
+        rpe=row.rpe,
+        rir=row.rir,
+        duration_s=row.duration_s,
+        distance_m=row.distance_m,
+        kind=row.kind,
+    )
+
+
+def encode_cursor(change_seq: int) -> str:
+    return f"c{change_seq}"
+
+
+def decode_cursor(cursor: str) -> int:
+    if not cursor:
+        return 0
+    if not (cursor.startswith("c") and cursor[1:].isdigit() and len(cursor) < 20):
+        raise InvalidArgument("cursor", "is not a next_cursor from a previous sync")
+    return int(cursor[1:])
 
 
 def check_workout_id(value: str, field: str = "workout.id") -> str:
@@ -219,18 +286,7 @@ class LogService:
                         exercise_id=p.exercise_id,
                         exercise_name=name,
                         notes=p.notes,
-                        sets=tuple(
-                            SetData(
-                                reps=x.reps,
-                                weight_kg=x.weight_kg,
-                                rpe=x.rpe,
-                                rir=x.rir,
-                                duration_s=x.duration_s,
-                                distance_m=x.distance_m,
-                                kind=x.kind,
-                            )
-                            for x in sets
-                        ),
+                        sets=tuple(_set_data(x) for x in sets),
                     )
                     for p, name, sets in children.get(w.id, [])
                 ),
@@ -319,7 +375,7 @@ class LogService:
 
         return self.db.run(work, write=False)
 
-    def list(
+    def list_workouts(
         self, start: datetime | None, end: datetime | None, page_size: int, page_token: str
     ) -> tuple[list[WorkoutView], str]:
         if page_size < 0:
@@ -352,14 +408,7 @@ class LogService:
                 )
             digest = content_hash(checked)
             if digest != workout.content_hash:
-                for name in ("title", "notes", "started_at", "ended_at", "time_zone"):
-                    setattr(workout, name, getattr(checked, name))
-                workout.content_hash = digest
-                workout.version += 1
-                workout.change_seq = repo.next_change_seq(s, user.id)
-                workout.updated_at = self.now()
-                repo.delete_children(s, user.id, workout.id)
-                repo.add_children(s, *_rows(user.id, checked))
+                self._replace(s, user, workout, checked, digest)
             return self._view(s, workout)
 
         return self.db.run(work)
@@ -377,14 +426,226 @@ class LogService:
                 raise Aborted(
                     "the workout changed since it was read; read it again", reason="ETAG_MISMATCH"
                 )
-            now = self.now()
-            repo.delete_children(s, user.id, workout.id)
-            workout.deleted_at = now
-            workout.updated_at = now
-            workout.version += 1
-            workout.change_seq = repo.next_change_seq(s, user.id)
+            self._tombstone(s, user, workout)
 
         self.db.run(work)
+
+    def _replace(
+        self, s: Session, user: User, workout: Workout, checked: WorkoutData, digest: str
+    ) -> None:
+        for name in ("title", "notes", "started_at", "ended_at", "time_zone"):
+            setattr(workout, name, getattr(checked, name))
+        workout.content_hash = digest
+        workout.version += 1
+        workout.change_seq = repo.next_change_seq(s, user.id)
+        workout.updated_at = self.now()
+        repo.delete_children(s, user.id, workout.id)
+        repo.add_children(s, *_rows(user.id, checked))
+
+    def _tombstone(self, s: Session, user: User, workout: Workout) -> None:
+        now = self.now()
+        repo.delete_children(s, user.id, workout.id)
+        workout.deleted_at = now
+        workout.updated_at = now
+        workout.version += 1
+        workout.change_seq = repo.next_change_seq(s, user.id)
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def sync(
+        self, items: Sequence[SyncItem], deletes: Sequence[str], cursor: str, page_size: int
+    ) -> SyncOutcome:
+        """Apply a device's upserts and deletes, each on its own (one result per item, in
+        order), then return the changes after the device's cursor, tombstones included."""
+        if len(items) > MAX_SYNC_ITEMS:
+            raise InvalidArgument("upserts", f"at most {MAX_SYNC_ITEMS} workouts per call")
+        if len(deletes) > MAX_SYNC_ITEMS:
+            raise InvalidArgument("deletes", f"at most {MAX_SYNC_ITEMS} ids per call")
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        limit = min(page_size or DEFAULT_CHANGES, MAX_CHANGES)
+        after = decode_cursor(cursor)
+
+        def work(s: Session) -> SyncOutcome:
+            user = self.auth.current_user(s)
+            results = [self._sync_one(s, user, i, item) for i, item in enumerate(items)]
+            results += [self._sync_delete(s, user, i, ref) for i, ref in enumerate(deletes)]
+            changed = list(repo.changes_since(s, user.id, after, limit + 1))
+            more = len(changed) > limit
+            changed = changed[:limit]
+            next_cursor = encode_cursor(changed[-1].change_seq if changed else after)
+            return SyncOutcome(tuple(results), tuple(self._views(s, changed)), next_cursor, more)
+
+        return self.db.run(work)
+
+    def _sync_one(self, s: Session, user: User, index: int, item: SyncItem) -> SyncResultData:
+        try:
+            if item.error is not None:
+                raise item.error
+            assert item.data is not None
+            with s.begin_nested():  # an item's failure undoes only that item
+                return self._upsert(s, user, item.data, item.etag)
+        except DomainError as error:
+            # Name the field as the request does: upserts[3].exercises[0]..., not workout.*
+            field = (error.field or "").replace("workout", f"upserts[{index}]", 1)
+            message = error.message.replace("workout", f"upserts[{index}]", 1)
+            return SyncResultData(item.workout_id, "invalid", message, field)
+
+    def _upsert(self, s: Session, user: User, data: WorkoutData, base_etag: str) -> SyncResultData:
+        checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
+        digest = content_hash(checked)
+        workout = repo.get(s, user.id, checked.id, for_update=True)
+        if workout is None:
+            now = self.now()
+            workout = Workout(
+                user_id=user.id,
+                id=checked.id,
+                title=checked.title,
+                notes=checked.notes,
+                started_at=checked.started_at,
+                ended_at=checked.ended_at,
+                time_zone=checked.time_zone,
+                content_hash=digest,
+                version=1,
+                change_seq=repo.next_change_seq(s, user.id),
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(workout)
+            s.flush()
+            repo.add_children(s, *_rows(user.id, checked))
+            return SyncResultData(checked.id, "created", etag=etag(workout))
+        if workout.deleted_at is not None:
+            return SyncResultData(
+                checked.id, "conflict", "deleted on another device", etag=etag(workout)
+            )
+        if workout.content_hash == digest:
+            return SyncResultData(checked.id, "unchanged", etag=etag(workout))
+        if base_etag != etag(workout):
+            return SyncResultData(
+                checked.id,
+                "conflict",
+                "changed on the server since this device's copy; the server's copy was kept",
+                etag=etag(workout),
+            )
+        self._replace(s, user, workout, checked, digest)
+        return SyncResultData(checked.id, "updated", etag=etag(workout))
+
+    def _sync_delete(self, s: Session, user: User, index: int, ref: str) -> SyncResultData:
+        try:
+            workout_id = check_workout_id(ref, f"deletes[{index}]")
+        except InvalidArgument as error:
+            return SyncResultData(ref, "invalid", error.message, error.field or "")
+        workout = repo.get(s, user.id, workout_id, for_update=True)
+        if workout is None:
+            return SyncResultData(workout_id, "unchanged", "the server has no such workout")
+        if workout.deleted_at is None:
+            self._tombstone(s, user, workout)
+        return SyncResultData(workout_id, "deleted", etag=etag(workout))
+
+    # --- history ------------------------------------------------------------------------
+
+    def history(
+        self,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        exercise_refs: Sequence[str],
+        descending: bool,
+        chunk_size: int,
+    ) -> Iterator[list[HistoryEntry]]:
+        """The caller's performed exercises in chunks. Each chunk is read in its own short
+        transaction, so a stream the client abandons holds no connection."""
+        if chunk_size < 0:
+            raise InvalidArgument("chunk_size", "must not be negative")
+        limit = min(chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+
+        def resolve(s: Session) -> tuple[str, list[str]]:
+            user = self.auth.current_user(s)
+            found = repo.visible_exercises(s, user.id, list(exercise_refs))
+            ids = []
+            for i, ref in enumerate(exercise_refs):
+                if ref not in found:
+                    raise InvalidArgument(f"exercise_ids[{i}]", f"no exercise {ref!r}")
+                ids.append(found[ref].id)
+            return user.id, ids
+
+        user_id, exercise_ids = self.db.run(resolve, write=False)
+        after: tuple[datetime, str, int] | None = None
+        while True:
+
+            def page(
+                s: Session, after: tuple[datetime, str, int] | None = after
+            ) -> Sequence[repo.HistoryRow]:
+                self.auth.current_user(s)  # the session may have ended mid-stream
+                return repo.history_page(
+                    s,
+                    user_id,
+                    start=start,
+                    end=end,
+                    exercise_ids=exercise_ids,
+                    after=after,
+                    descending=descending,
+                    limit=limit,
+                )
+
+            rows = self.db.run(page, write=False)
+            if not rows:
+                return
+            yield [
+                HistoryEntry(
+                    workout_id=performed.workout_id,
+                    started_at=started,
+                    position=performed.position,
+                    exercise=PerformedView(
+                        exercise_id=performed.exercise_id,
+                        exercise_name=name,
+                        notes=performed.notes,
+                        sets=tuple(_set_data(x) for x in sets),
+                    ),
+                )
+                for performed, started, name, sets in rows
+            ]
+            if len(rows) < limit:
+                return
+            last = rows[-1]
+            after = (last[1], last[0].workout_id, last[0].position)
+
+    # --- statistics ---------------------------------------------------------------------
+
+    def stats(self, as_of: datetime | None, weeks: int) -> tuple[stats.Stats, str]:
+        """The caller's statistics as of an instant (default now), and their preferred unit."""
+        if weeks < 0 or weeks > MAX_STAT_WEEKS:
+            raise InvalidArgument("weeks", f"must be between 0 and {MAX_STAT_WEEKS}")
+        moment = as_of or self.now()
+
+        def work(s: Session) -> tuple[stats.Stats, str]:
+            user = self.auth.current_user(s)
+            workouts, performed, exercises = repo.stat_rows(s, user.id, moment)
+            by_workout: dict[str, list[PerformedData]] = {}
+            for row, sets in performed:
+                by_workout.setdefault(row.workout_id, []).append(
+                    PerformedData(row.exercise_id, row.notes, tuple(_set_data(x) for x in sets))
+                )
+            result = stats.compute_stats(
+                [
+                    stats.StatWorkout(w.id, w.started_at, tuple(by_workout.get(w.id, ())))
+                    for w in workouts
+                ],
+                {
+                    e.id: stats.ExerciseInfo(
+                        e.name, tuple(e.primary_muscles), tuple(e.secondary_muscles)
+                    )
+                    for e in exercises
+                },
+                time_zone=user.time_zone,
+                weekly_goal=user.weekly_workout_goal,
+                as_of=moment,
+                weeks=weeks or DEFAULT_STAT_WEEKS,
+            )
+            return result, user.preferred_unit
+
+        return self.db.run(work, write=False)
 
 
 def encode_page_token(last: Workout) -> str:

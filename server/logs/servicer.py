@@ -1,15 +1,17 @@
-"""LogService: translates messages; the rules live in service.py. SyncWorkouts,
-StreamHistory, GetStats and ExportData land next and answer UNIMPLEMENTED until then."""
+"""LogService: translates messages; the rules live in service.py. ExportData lands
+next and answers UNIMPLEMENTED until then."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
-from repwise.v1 import log_pb2, log_pb2_grpc
+from repwise.v1 import common_pb2, log_pb2, log_pb2_grpc
 from server.converters import from_timestamp
-from server.errors import InvalidArgument
+from server.errors import DomainError, InvalidArgument
 from server.logs import converters as conv
-from server.logs.service import LogService
+from server.logs.service import LogService, SyncItem
 
 
 class LogServicer(log_pb2_grpc.LogServiceServicer):
@@ -41,7 +43,7 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     ) -> log_pb2.ListWorkoutsResponse:
         unit = self._units(request.weight_unit)
         span = request.time_range
-        views, token = self.logs.list(
+        views, token = self.logs.list_workouts(
             from_timestamp(span.start_time) if span.HasField("start_time") else None,
             from_timestamp(span.end_time) if span.HasField("end_time") else None,
             request.page_size,
@@ -67,3 +69,55 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     ) -> log_pb2.DeleteWorkoutResponse:
         self.logs.delete(request.id, request.etag)
         return log_pb2.DeleteWorkoutResponse()
+
+    def SyncWorkouts(
+        self, request: log_pb2.SyncWorkoutsRequest, context: grpc.ServicerContext
+    ) -> log_pb2.SyncWorkoutsResponse:
+        preferred = self.logs.preferred_unit()
+        items = []
+        for i, workout in enumerate(request.upserts):
+            try:
+                unit = conv.unit(f"upserts[{i}].weight_unit", workout.weight_unit, preferred)
+                items.append(
+                    SyncItem(workout.id, conv.workout_from_pb(workout, unit), workout.etag)
+                )
+            except DomainError as error:  # reported for this item only
+                items.append(SyncItem(workout.id, None, error=error))
+        outcome = self.logs.sync(items, list(request.deletes), request.cursor, request.page_size)
+        return log_pb2.SyncWorkoutsResponse(
+            results=[conv.sync_result_to_pb(r) for r in outcome.results],
+            changes=[
+                log_pb2.WorkoutChange(workout=conv.workout_to_pb(v, preferred))
+                for v in outcome.changes
+            ],
+            next_cursor=outcome.next_cursor,
+            has_more=outcome.has_more,
+        )
+
+    def StreamHistory(
+        self, request: log_pb2.StreamHistoryRequest, context: grpc.ServicerContext
+    ) -> Iterator[log_pb2.StreamHistoryResponse]:
+        unit = self._units(request.weight_unit)
+        if request.order not in common_pb2.SortOrder.values():
+            raise InvalidArgument("order", "must be SORT_ORDER_ASCENDING or SORT_ORDER_DESCENDING")
+        span = request.time_range
+        chunks = self.logs.history(
+            start=from_timestamp(span.start_time) if span.HasField("start_time") else None,
+            end=from_timestamp(span.end_time) if span.HasField("end_time") else None,
+            exercise_refs=list(request.exercise_ids),
+            descending=request.order == common_pb2.SORT_ORDER_DESCENDING,
+            chunk_size=request.chunk_size,
+        )
+        unit_pb = conv.UNIT_TO_PB[unit]
+        for chunk in chunks:
+            yield log_pb2.StreamHistoryResponse(
+                entries=[conv.history_entry_to_pb(e, unit) for e in chunk], weight_unit=unit_pb
+            )
+
+    def GetStats(
+        self, request: log_pb2.GetStatsRequest, context: grpc.ServicerContext
+    ) -> log_pb2.GetStatsResponse:
+        as_of = from_timestamp(request.as_of) if request.HasField("as_of") else None
+        result, preferred = self.logs.stats(as_of, request.weeks)
+        unit = conv.unit("weight_unit", request.weight_unit, preferred)
+        return conv.stats_to_pb(result, unit)
