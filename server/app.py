@@ -116,7 +116,7 @@ class RepwiseServer:
             CatalogServicer(self.catalog, is_referenced=logs_repository.exercise_is_referenced),
             server,
         )
-        log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs), server)  # type: ignore[abstract]
+        log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs), server)
         training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(), server)  # type: ignore[abstract]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

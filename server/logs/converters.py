@@ -9,6 +9,7 @@ from server.converters import enum_names, from_timestamp, timestamp
 from server.errors import InvalidArgument
 from server.logs import stats
 from server.logs.service import (
+    KG_PER_LB,
     HistoryEntry,
     PerformedData,
     PerformedView,
@@ -19,7 +20,6 @@ from server.logs.service import (
     etag,
 )
 
-KG_PER_LB = 0.45359237
 SET_KIND_FROM_PB, SET_KIND_TO_PB = enum_names(log_pb2.SetKind, "SET_KIND_")
 UNIT_FROM_PB: dict[int, str] = {common_pb2.WEIGHT_UNIT_KG: "kg", common_pb2.WEIGHT_UNIT_LB: "lb"}
 UNIT_TO_PB: dict[str, Any] = {v: k for k, v in UNIT_FROM_PB.items()}

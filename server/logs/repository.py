@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, exists, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from server.catalog.models import Exercise
@@ -87,19 +88,28 @@ def delete_children(s: Session, user_id: str, workout_id: str) -> None:
     )
 
 
+def lock_changes(s: Session, user_id: str) -> None:
+    """Lock the user's change counter (creating it if needed) until commit.
+
+    Every workout write takes this lock first, so one user's writers run one
+    after another: no two can both find an id missing and insert it, and change
+    numbers become visible in order (the change feed never skips one).
+    """
+    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    s.execute(insert(ChangeCounter).values(user_id=user_id, value=0).on_conflict_do_nothing())
+    s.execute(select(ChangeCounter.value).where(ChangeCounter.user_id == user_id).with_for_update())
+
+
 def next_change_seq(s: Session, user_id: str) -> int:
-    """Take the user's next change number, holding the counter's row lock until commit."""
-    bumped = s.execute(
-        update(ChangeCounter)
-        .where(ChangeCounter.user_id == user_id)
-        .values(value=ChangeCounter.value + 1)
-        .returning(ChangeCounter.value)
-    ).scalar_one_or_none()
-    if bumped is not None:
-        return int(bumped)
-    s.add(ChangeCounter(user_id=user_id, value=1))
-    s.flush()
-    return 1
+    """The user's next change number (call lock_changes first)."""
+    return int(
+        s.execute(
+            update(ChangeCounter)
+            .where(ChangeCounter.user_id == user_id)
+            .values(value=ChangeCounter.value + 1)
+            .returning(ChangeCounter.value)
+        ).scalar_one()
+    )
 
 
 def visible_exercises(s: Session, user_id: str, refs: Sequence[str]) -> dict[str, Exercise]:
@@ -235,3 +245,13 @@ def stat_rows(
         )
     ).all()
     return workouts, [(p, sets[(p.workout_id, p.position)]) for p in performed], exercises
+
+
+def live_oldest_first(
+    s: Session, user_id: str, after: tuple[datetime, str] | None, limit: int
+) -> Sequence[Workout]:
+    """Live workouts, oldest first, after the keyset (started_at, id)."""
+    query = select(Workout).where(Workout.user_id == user_id, Workout.deleted_at.is_(None))
+    if after is not None:
+        query = query.where(tuple_(Workout.started_at, Workout.id) > after)
+    return s.scalars(query.order_by(Workout.started_at, Workout.id).limit(limit)).all()

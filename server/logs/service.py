@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from server import idempotency
@@ -26,6 +25,7 @@ from server.logs import stats
 from server.logs.models import Workout, WorkoutExercise, WorkoutSet
 
 SET_KINDS = ("warmup", "normal", "drop", "failure")
+KG_PER_LB = 0.45359237
 MAX_EXERCISES = 100
 MAX_SETS = 100
 MAX_FUTURE = timedelta(days=1)
@@ -83,6 +83,13 @@ class PerformedView:
 class WorkoutView:
     workout: Workout
     exercises: tuple[PerformedView, ...]
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: str
+    email: str
+    preferred_unit: str
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,28 @@ def _rows(user_id: str, data: WorkoutData) -> tuple[list[WorkoutExercise], list[
     return exercises, sets
 
 
+def views_of(s: Session, workouts: Sequence[Workout]) -> list[WorkoutView]:
+    """Workouts with their performed exercises (and names) and sets, in two queries."""
+    if not workouts:
+        return []
+    children = repo.children(s, workouts[0].user_id, [w.id for w in workouts])
+    return [
+        WorkoutView(
+            workout=w,
+            exercises=tuple(
+                PerformedView(
+                    exercise_id=p.exercise_id,
+                    exercise_name=name,
+                    notes=p.notes,
+                    sets=tuple(_set_data(x) for x in sets),
+                )
+                for p, name, sets in children.get(w.id, [])
+            ),
+        )
+        for w in workouts
+    ]
+
+
 class LogService:
     def __init__(self, db: Database, auth: AuthService, now: Callable[[], datetime]) -> None:
         self.db = db
@@ -271,31 +300,17 @@ class LogService:
         return replace(data, exercises=tuple(resolved))
 
     def _view(self, s: Session, workout: Workout) -> WorkoutView:
-        return self._views(s, [workout])[0]
-
-    @staticmethod
-    def _views(s: Session, workouts: Sequence[Workout]) -> list[WorkoutView]:
-        if not workouts:
-            return []
-        children = repo.children(s, workouts[0].user_id, [w.id for w in workouts])
-        return [
-            WorkoutView(
-                workout=w,
-                exercises=tuple(
-                    PerformedView(
-                        exercise_id=p.exercise_id,
-                        exercise_name=name,
-                        notes=p.notes,
-                        sets=tuple(_set_data(x) for x in sets),
-                    )
-                    for p, name, sets in children.get(w.id, [])
-                ),
-            )
-            for w in workouts
-        ]
+        return views_of(s, [workout])[0]
 
     def preferred_unit(self) -> str:
-        return self.db.run(lambda s: self.auth.current_user(s).preferred_unit, write=False)
+        return self.caller().preferred_unit
+
+    def caller(self) -> Caller:
+        def work(s: Session) -> Caller:
+            user = self.auth.current_user(s)
+            return Caller(user.id, user.email, user.preferred_unit)
+
+        return self.db.run(work, write=False)
 
     def create(self, data: WorkoutData, request_id: str = "") -> WorkoutView:
         """Store a new workout for the caller. A retry (same id, same content) returns the
@@ -319,6 +334,7 @@ class LogService:
     ) -> tuple[WorkoutView, bool]:
         def work(s: Session) -> tuple[WorkoutView, bool]:
             user = owner(s)
+            repo.lock_changes(s, user.id)
             checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
             digest = content_hash(checked)
             if request_id:
@@ -357,11 +373,7 @@ class LogService:
                 )
             return self._view(s, workout), True
 
-        try:
-            return self.db.run(work)
-        except exc.IntegrityError:
-            # A concurrent create of the same id (or the user's first change) won: decide again.
-            return self.db.run(work)
+        return self.db.run(work)
 
     def get(self, workout_id: str) -> WorkoutView:
         workout_id = check_workout_id(workout_id, "id")
@@ -389,7 +401,7 @@ class LogService:
             more = len(rows) > limit
             rows = rows[:limit]
             token = encode_page_token(rows[-1]) if more else ""
-            return self._views(s, rows), token
+            return views_of(s, rows), token
 
         return self.db.run(work, write=False)
 
@@ -399,6 +411,7 @@ class LogService:
         def work(s: Session) -> WorkoutView:
             user = self.auth.current_user(s)
             checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
+            repo.lock_changes(s, user.id)
             workout = repo.get(s, user.id, checked.id, for_update=True)
             if workout is None or workout.deleted_at is not None:
                 raise NotFound(f"no workout {checked.id}", reason="WORKOUT_NOT_FOUND")
@@ -419,6 +432,7 @@ class LogService:
 
         def work(s: Session) -> None:
             user = self.auth.current_user(s)
+            repo.lock_changes(s, user.id)
             workout = repo.get(s, user.id, workout_id, for_update=True)
             if workout is None or workout.deleted_at is not None:
                 raise NotFound(f"no workout {workout_id}", reason="WORKOUT_NOT_FOUND")
@@ -468,13 +482,14 @@ class LogService:
 
         def work(s: Session) -> SyncOutcome:
             user = self.auth.current_user(s)
+            repo.lock_changes(s, user.id)
             results = [self._sync_one(s, user, i, item) for i, item in enumerate(items)]
             results += [self._sync_delete(s, user, i, ref) for i, ref in enumerate(deletes)]
             changed = list(repo.changes_since(s, user.id, after, limit + 1))
             more = len(changed) > limit
             changed = changed[:limit]
             next_cursor = encode_cursor(changed[-1].change_seq if changed else after)
-            return SyncOutcome(tuple(results), tuple(self._views(s, changed)), next_cursor, more)
+            return SyncOutcome(tuple(results), tuple(views_of(s, changed)), next_cursor, more)
 
         return self.db.run(work)
 

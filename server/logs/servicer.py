@@ -1,5 +1,4 @@
-"""LogService: translates messages; the rules live in service.py. ExportData lands
-next and answers UNIMPLEMENTED until then."""
+"""LogService: translates messages; the rules live in service.py."""
 
 from __future__ import annotations
 
@@ -11,7 +10,14 @@ from repwise.v1 import common_pb2, log_pb2, log_pb2_grpc
 from server.converters import from_timestamp
 from server.errors import DomainError, InvalidArgument
 from server.logs import converters as conv
+from server.logs import exports
 from server.logs.service import LogService, SyncItem
+
+EXPORT_FORMATS = {
+    log_pb2.EXPORT_FORMAT_UNSPECIFIED: "json",
+    log_pb2.EXPORT_FORMAT_JSON: "json",
+    log_pb2.EXPORT_FORMAT_STRONG_CSV: "strong-csv",
+}
 
 
 class LogServicer(log_pb2_grpc.LogServiceServicer):
@@ -121,3 +127,16 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         result, preferred = self.logs.stats(as_of, request.weeks)
         unit = conv.unit("weight_unit", request.weight_unit, preferred)
         return conv.stats_to_pb(result, unit)
+
+    def ExportData(
+        self, request: log_pb2.ExportDataRequest, context: grpc.ServicerContext
+    ) -> Iterator[log_pb2.ExportDataResponse]:
+        fmt = EXPORT_FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidArgument(
+                "format", "must be EXPORT_FORMAT_JSON or EXPORT_FORMAT_STRONG_CSV"
+            )
+        caller = self.logs.caller()
+        unit = conv.unit("weight_unit", request.weight_unit, caller.preferred_unit)
+        for chunk in exports.export_user(self.logs.db, caller.user_id, caller.email, fmt, unit):
+            yield log_pb2.ExportDataResponse(data=chunk)
