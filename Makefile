@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard proto/repwise/v1/*.proto)
 
-.PHONY: install run test proto proto-check lint typecheck check clean
+.PHONY: install run test proto proto-check lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 check: proto-check lint typecheck test
+
+# Ratios against bare grpcio servers measured in the same run; writes docs/benchmarks.md.
+bench: $(STAMP)
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -870,8 +870,21 @@ def test_concurrent_private_creates_of_one_name_by_different_users_all_succeed(s
             len(accounts), lambda i, m=message: create(server, accounts[i].access_token, m).slug
         )
         assert all(isinstance(r, str) for r in results), results
-        assert len(set(results)) == len(accounts)
+        # Each user has a slug namespace of their own, so everyone keeps the natural slug.
+        assert set(results) == {f"zercher-squat-{round_}"}
     assert rows(db) == 3 * len(accounts)
+
+
+def test_a_private_slug_reveals_nothing_to_other_users(server):
+    """Taking, or renaming to, a slug another user uses privately succeeds exactly as
+    for an unused slug (TESTPLAN 15)."""
+    alice, bob = register(server), register(server)
+    secret = create(server, alice.access_token, exercise("Secret Plan", primary=[QUADS]))
+    assert secret.slug == "secret-plan"
+    mine = create(server, bob.access_token, exercise("Secret Plan", primary=[QUADS]))
+    assert mine.slug == "secret-plan"
+    assert get(server, bob.access_token, "secret-plan").id == mine.id
+    assert get(server, alice.access_token, "secret-plan").id == secret.id
 
 
 def test_a_retry_after_the_exercise_was_deleted_does_not_fail_internally(server, db):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, UTCDateTime
@@ -14,10 +14,29 @@ class Exercise(Base):
     """A shared (owner_id NULL) or private exercise."""
 
     __tablename__ = "exercises"
-    __table_args__ = (Index("ix_exercises_owner_id_name_key", "owner_id", "name_key"),)
+    __table_args__ = (
+        Index("ix_exercises_owner_id_name_key", "owner_id", "name_key"),
+        # Slugs are unique within the shared catalog and within each user's own exercises,
+        # so one user's slugs reveal nothing about another's.
+        Index(
+            "uq_exercises_public_slug",
+            "slug",
+            unique=True,
+            sqlite_where=text("owner_id IS NULL"),
+            postgresql_where=text("owner_id IS NULL"),
+        ),
+        Index(
+            "uq_exercises_owner_id_slug",
+            "owner_id",
+            "slug",
+            unique=True,
+            sqlite_where=text("owner_id IS NOT NULL"),
+            postgresql_where=text("owner_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    slug: Mapped[str] = mapped_column(String(120), unique=True)
+    slug: Mapped[str] = mapped_column(String(120))
     name: Mapped[str] = mapped_column(String(200))
     # Lower-cased name: the sort key of lists.
     name_key: Mapped[str] = mapped_column(String(200))

@@ -53,10 +53,11 @@ def list_page(
 
 
 def get_visible(s: Session, viewer_id: str, id_or_slug: str) -> Exercise | None:
+    """By id, or by slug, the viewer's own exercise before a shared one of that slug."""
     return s.scalars(
-        select(Exercise).where(
-            _visible_to(viewer_id), or_(Exercise.id == id_or_slug, Exercise.slug == id_or_slug)
-        )
+        select(Exercise)
+        .where(_visible_to(viewer_id), or_(Exercise.id == id_or_slug, Exercise.slug == id_or_slug))
+        .order_by(Exercise.owner_id.is_(None))
     ).first()
 
 
@@ -66,8 +67,10 @@ def get_for_update(s: Session, exercise_id: str) -> Exercise | None:
     ).one_or_none()
 
 
-def slug_taken(s: Session, slug: str) -> bool:
-    return s.scalar(select(Exercise.id).where(Exercise.slug == slug)) is not None
+def slug_taken(s: Session, slug: str, owner_id: str | None) -> bool:
+    """Whether `slug` is taken in the shared catalog or, for a user, among what they see."""
+    namespace = Exercise.owner_id.is_(None) if owner_id is None else _visible_to(owner_id)
+    return s.scalar(select(Exercise.id).where(Exercise.slug == slug, namespace)) is not None
 
 
 def by_source_refs(s: Session, refs: Sequence[str]) -> dict[str, Exercise]:
@@ -75,8 +78,8 @@ def by_source_refs(s: Session, refs: Sequence[str]) -> dict[str, Exercise]:
     return {row.source_ref: row for row in rows if row.source_ref}
 
 
-def all_slugs(s: Session) -> set[str]:
-    return set(s.scalars(select(Exercise.slug)).all())
+def shared_slugs(s: Session) -> set[str]:
+    return set(s.scalars(select(Exercise.slug).where(Exercise.owner_id.is_(None))).all())
 
 
 def add(s: Session, exercise: Exercise) -> None:

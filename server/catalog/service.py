@@ -294,7 +294,7 @@ class CatalogService:
                         )
                     return found
             exercise = new_exercise(
-                self._unique_slug(s, spec, public),
+                self._unique_slug(s, spec, None if public else user.id),
                 exercise_id=str(uuid.uuid4()),
                 owner_id=None if public else user.id,
                 now=self.now(),
@@ -320,12 +320,12 @@ class CatalogService:
         raise Aborted("too many concurrent creates; retry", reason="CONCURRENT_CREATE")
 
     @staticmethod
-    def _unique_slug(s: Session, spec: ExerciseSpec, public: bool) -> ExerciseSpec:
-        """Shared exercises keep their slug (taken -> ALREADY_EXISTS); private ones get a
-        suffix when needed, since users cannot see each other's slugs."""
-        if not repo.slug_taken(s, spec.slug):
+    def _unique_slug(s: Session, spec: ExerciseSpec, owner_id: str | None) -> ExerciseSpec:
+        """Shared exercises keep their slug (taken -> ALREADY_EXISTS); a private one whose
+        slug the user already sees (theirs or shared) gets a suffix."""
+        if not repo.slug_taken(s, spec.slug, owner_id):
             return spec
-        if public:
+        if owner_id is None:
             raise AlreadyExists(f"an exercise with slug {spec.slug!r} exists", reason="SLUG_TAKEN")
         return replace(spec, slug=f"{spec.slug[:90]}-{uuid.uuid4().hex[:8]}")
 
@@ -354,7 +354,7 @@ class CatalogService:
                     "the exercise changed since it was read; read it again", reason="ETAG_MISMATCH"
                 )
             spec = check_spec(replace(spec_of(exercise), **changes))  # type: ignore[arg-type]
-            if spec.slug != exercise.slug and repo.slug_taken(s, spec.slug):
+            if spec.slug != exercise.slug and repo.slug_taken(s, spec.slug, exercise.owner_id):
                 raise AlreadyExists(
                     f"an exercise with slug {spec.slug!r} exists", reason="SLUG_TAKEN"
                 )
@@ -403,7 +403,7 @@ def upsert_by_source(
     """
     items = list(items)
     existing = repo.by_source_refs(s, [ref for ref, _ in items])
-    slugs = repo.all_slugs(s)
+    slugs = repo.shared_slugs(s)
     created = updated = unchanged = 0
     for ref, spec in items:
         row = existing.get(ref)

@@ -315,7 +315,7 @@ def run_import(
             if catalog_repository.get_visible(s, user.id, new_id) is not None:
                 continue
             slug = spec.slug
-            if catalog_repository.slug_taken(s, slug):
+            if catalog_repository.slug_taken(s, slug, user.id):
                 slug = f"{slug}-{new_id[:8]}"
             catalog_repository.add(
                 s,

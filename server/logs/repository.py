@@ -121,9 +121,10 @@ def visible_exercises(s: Session, user_id: str, refs: Sequence[str]) -> dict[str
         )
     ).all()
     found: dict[str, Exercise] = {}
-    for row in rows:
+    # Shared first, so the user's own exercise wins a slug both use.
+    for row in sorted(rows, key=lambda row: row.owner_id is not None):
         found[row.id] = row
-        found.setdefault(row.slug, row)
+        found[row.slug] = row
     return found
 
 

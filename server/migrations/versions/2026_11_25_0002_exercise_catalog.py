@@ -52,7 +52,6 @@ def upgrade() -> None:
             ["owner_id"], ["users.id"], name=op.f("fk_exercises_owner_id_users"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_exercises")),
-        sa.UniqueConstraint("slug", name=op.f("uq_exercises_slug")),
         sa.UniqueConstraint("source_ref", name=op.f("uq_exercises_source_ref")),
     )
     with op.batch_alter_table("exercises", schema=None) as batch_op:
@@ -61,6 +60,21 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_exercises_owner_id"), ["owner_id"], unique=False)
         batch_op.create_index(
             "ix_exercises_owner_id_name_key", ["owner_id", "name_key"], unique=False
+        )
+        # Slugs are unique within the shared catalog and within each user's exercises.
+        batch_op.create_index(
+            "uq_exercises_public_slug",
+            ["slug"],
+            unique=True,
+            sqlite_where=sa.text("owner_id IS NULL"),
+            postgresql_where=sa.text("owner_id IS NULL"),
+        )
+        batch_op.create_index(
+            "uq_exercises_owner_id_slug",
+            ["owner_id", "slug"],
+            unique=True,
+            sqlite_where=sa.text("owner_id IS NOT NULL"),
+            postgresql_where=sa.text("owner_id IS NOT NULL"),
         )
 
     op.create_table(
@@ -111,6 +125,8 @@ def downgrade() -> None:
 
     op.drop_table("idempotency_keys")
     with op.batch_alter_table("exercises", schema=None) as batch_op:
+        batch_op.drop_index("uq_exercises_owner_id_slug")
+        batch_op.drop_index("uq_exercises_public_slug")
         batch_op.drop_index("ix_exercises_owner_id_name_key")
         batch_op.drop_index(batch_op.f("ix_exercises_owner_id"))
         batch_op.drop_index(batch_op.f("ix_exercises_equipment"))
