@@ -7,6 +7,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from server.errors import InvalidArgument
+
 
 def enum_names(enum: Any, prefix: str) -> tuple[dict[int, str], dict[str, Any]]:
     """(number -> name, name -> number) for a proto enum, names without the prefix, lower case:
@@ -25,5 +27,14 @@ def timestamp(value: datetime) -> Timestamp:
     return ts
 
 
-def from_timestamp(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+def from_timestamp(ts: Timestamp, field: str) -> datetime:
+    """An instant from a Timestamp, refusing values outside years 1-9999 or bad nanos."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
+
+
+def optional_timestamp(message: Any, name: str, field: str) -> datetime | None:
+    """The named Timestamp field of `message`, or None when it is unset."""
+    return from_timestamp(getattr(message, name), field) if message.HasField(name) else None

@@ -144,7 +144,13 @@ class Database:
             poolclass=NullPool,
             connect_args={"connect_timeout": 3} if self.engine.dialect.name == "postgresql" else {},
         )
-        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads of several statements (a workout, then its sets) see one snapshot.
+        reader = (
+            self.engine.execution_options(isolation_level="REPEATABLE READ")
+            if self.engine.dialect.name == "postgresql"
+            else self.engine
+        )
+        self._read = sessionmaker(reader, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(repwise_write=True), expire_on_commit=False
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from repwise.v1 import common_pb2, log_pb2
-from server.converters import enum_names, from_timestamp, timestamp
+from server.converters import enum_names, optional_timestamp, timestamp
 from server.errors import InvalidArgument
 from server.logs import stats
 from server.logs.service import (
@@ -42,9 +42,10 @@ def _set_from_pb(item: log_pb2.ExerciseSet, field: str, to_kg: float) -> SetData
         raise InvalidArgument(f"{field}.kind", "unknown set kind")
     duration = None
     if item.HasField("duration"):
-        if item.duration.seconds < 0 or item.duration.nanos < 0:
-            raise InvalidArgument(f"{field}.duration", "must not be negative")
-        duration = item.duration.ToTimedelta().total_seconds()
+        seconds, nanos = item.duration.seconds, item.duration.nanos
+        if seconds < 0 or not 0 <= nanos < 1_000_000_000:
+            raise InvalidArgument(f"{field}.duration", "must be a non-negative duration")
+        duration = seconds + nanos / 1e9  # range-checked by check_set
     return SetData(
         reps=item.reps if item.HasField("reps") else None,
         weight_kg=item.weight * to_kg if item.HasField("weight") else None,
@@ -62,8 +63,8 @@ def workout_from_pb(message: log_pb2.Workout, default_unit: str) -> WorkoutData:
     )
     return WorkoutData(
         id=message.id,
-        started_at=from_timestamp(message.start_time) if message.HasField("start_time") else None,
-        ended_at=from_timestamp(message.end_time) if message.HasField("end_time") else None,
+        started_at=optional_timestamp(message, "start_time", "workout.start_time"),
+        ended_at=optional_timestamp(message, "end_time", "workout.end_time"),
         title=message.title,
         notes=message.notes,
         time_zone=message.time_zone,

@@ -236,7 +236,7 @@ def run_import(
     file_unit = unit or user.preferred_unit
     try:
         workouts = parse(kind, text, file_unit, zone)
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         raise InvalidArgument(str(path), str(error)) from None
     if unit is None:
         out.write(

@@ -250,6 +250,11 @@ def _end(start: datetime, end: datetime | None) -> datetime | None:
     return end
 
 
+def _wall(start: datetime) -> str:
+    """The file's own wall-clock time: ids must not change when the import's zone does."""
+    return start.replace(tzinfo=None).isoformat()
+
+
 def _key(source: str, *parts: str) -> str:
     return hashlib.sha256("\x1f".join((source, *parts)).encode()).hexdigest()
 
@@ -344,7 +349,7 @@ def _parse_strong(text: str, unit: str | None, time_zone: str) -> list[ImportedW
             start = _when(line, c_date, date_text, zone)
             duration = _duration(_get(row, c_duration))
             builder = workouts[(date_text, title)] = _Builder(
-                key=_key("strong", start.isoformat(), title),
+                key=_key("strong", _wall(start), title),
                 started_at=start,
                 ended_at=_end(start, start + duration if duration else None),
                 title=title,
@@ -446,7 +451,7 @@ def _parse_hevy(text: str, unit: str | None, time_zone: str) -> list[ImportedWor
             start = _when(line, c_start, start_text, zone)
             end = _when(line, c_end or "end_time", end_text, zone) if end_text else None
             builder = workouts[(title, start_text, end_text)] = _Builder(
-                key=_key("hevy", start.isoformat(), title),
+                key=_key("hevy", _wall(start), title),
                 started_at=start,
                 ended_at=_end(start, end),
                 title=title,
@@ -504,7 +509,7 @@ def _parse_fitnotes(text: str, unit: str | None, time_zone: str) -> list[Importe
         if builder is None:
             start = _when(line, c_date, day, zone)
             builder = workouts[day] = _Builder(
-                key=_key("fitnotes", start.isoformat()),
+                key=_key("fitnotes", _wall(start)),
                 started_at=start,
                 ended_at=None,
                 title="",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, exists, or_, select, tuple_, update
+from sqlalchemy import delete, exists, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -69,12 +70,13 @@ def children(
 
 
 def add_children(
-    s: Session, exercises: Sequence[WorkoutExercise], sets: Sequence[WorkoutSet]
+    s: Session, exercises: Sequence[dict[str, Any]], sets: Sequence[dict[str, Any]]
 ) -> None:
-    s.add_all(exercises)
-    s.flush()
-    s.add_all(sets)
-    s.flush()
+    """Bulk-insert a workout's performed exercises and sets (one executemany each)."""
+    if exercises:
+        s.execute(insert(WorkoutExercise), exercises)
+    if sets:
+        s.execute(insert(WorkoutSet), sets)
 
 
 def delete_children(s: Session, user_id: str, workout_id: str) -> None:
@@ -98,6 +100,22 @@ def lock_changes(s: Session, user_id: str) -> None:
     insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
     s.execute(insert(ChangeCounter).values(user_id=user_id, value=0).on_conflict_do_nothing())
     s.execute(select(ChangeCounter.value).where(ChangeCounter.user_id == user_id).with_for_update())
+
+
+def take_change_seq(s: Session, user_id: str) -> int:
+    """lock_changes and next_change_seq in one statement: an upsert that returns the number."""
+    dialect_insert = (
+        postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    statement = (
+        dialect_insert(ChangeCounter)
+        .values(user_id=user_id, value=1)
+        .on_conflict_do_update(
+            index_elements=[ChangeCounter.user_id], set_={"value": ChangeCounter.value + 1}
+        )
+        .returning(ChangeCounter.value)
+    )
+    return int(s.execute(statement).scalar_one())
 
 
 def next_change_seq(s: Session, user_id: str) -> int:

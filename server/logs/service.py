@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -22,7 +23,7 @@ from server.db import Database
 from server.errors import Aborted, AlreadyExists, DomainError, InvalidArgument, NotFound
 from server.logs import repository as repo
 from server.logs import stats
-from server.logs.models import Workout, WorkoutExercise, WorkoutSet
+from server.logs.models import Workout, WorkoutSet
 
 SET_KINDS = ("warmup", "normal", "drop", "failure")
 KG_PER_LB = 0.45359237
@@ -151,6 +152,12 @@ def decode_cursor(cursor: str) -> int:
     return int(cursor[1:])
 
 
+def _check_text(field: str, value: str) -> None:
+    # NUL and other control characters break PostgreSQL text and every CSV export.
+    if any(ord(c) < 32 and c not in "\n\t\r" for c in value):
+        raise InvalidArgument(field, "must not contain control characters")
+
+
 def check_workout_id(value: str, field: str = "workout.id") -> str:
     try:
         return str(uuid.UUID(value.strip()))
@@ -196,6 +203,8 @@ def check_workout(data: WorkoutData, now: datetime, default_zone: str) -> Workou
             "workout.end_time", "must be after start_time and at most two days later"
         )
     title, notes = " ".join(data.title.split()), data.notes.strip()
+    _check_text("workout.title", title)
+    _check_text("workout.notes", notes)
     if len(title) > 200:
         raise InvalidArgument("workout.title", "must be at most 200 characters")
     if len(notes) > 10_000:
@@ -209,13 +218,21 @@ def check_workout(data: WorkoutData, now: datetime, default_zone: str) -> Workou
         field = f"workout.exercises[{i}]"
         if not performed.exercise_id.strip():
             raise InvalidArgument(f"{field}.exercise_id", "is required")
+        _check_text(f"{field}.exercise_id", performed.exercise_id)
+        _check_text(f"{field}.notes", performed.notes)
         if len(performed.sets) > MAX_SETS:
             raise InvalidArgument(f"{field}.sets", f"at most {MAX_SETS} sets")
         if len(performed.notes) > 2000:
             raise InvalidArgument(f"{field}.notes", "must be at most 2000 characters")
         for j, item in enumerate(performed.sets):
             check_set(item, f"{field}.sets[{j}]")
-    return replace(data, id=workout_id, title=title, notes=notes, time_zone=zone)
+    # Instants in UTC, so the same moment sent with another offset is the same content.
+    started = data.started_at.astimezone(UTC)
+    ended = data.ended_at.astimezone(UTC) if data.ended_at is not None else None
+    return replace(
+        data, id=workout_id, title=title, notes=notes, time_zone=zone,
+        started_at=started, ended_at=ended,
+    )  # fmt: skip
 
 
 def content_hash(data: WorkoutData) -> str:
@@ -232,28 +249,16 @@ def etag(workout: Workout) -> str:
     return str(workout.version)
 
 
-def _rows(user_id: str, data: WorkoutData) -> tuple[list[WorkoutExercise], list[WorkoutSet]]:
-    exercises, sets = [], []
+def _rows(user_id: str, data: WorkoutData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The performed-exercise and set rows of a workout, as plain values for bulk inserts."""
+    exercises: list[dict[str, Any]] = []
+    sets: list[dict[str, Any]] = []
     for position, performed in enumerate(data.exercises):
-        exercises.append(
-            WorkoutExercise(
-                user_id=user_id,
-                workout_id=data.id,
-                position=position,
-                exercise_id=performed.exercise_id,
-                notes=performed.notes,
-            )
+        key = {"user_id": user_id, "workout_id": data.id, "position": position}
+        exercises.append({**key, "exercise_id": performed.exercise_id, "notes": performed.notes})
+        sets.extend(
+            {**key, "set_index": i, **asdict(item)} for i, item in enumerate(performed.sets)
         )
-        for index, item in enumerate(performed.sets):
-            sets.append(
-                WorkoutSet(
-                    user_id=user_id,
-                    workout_id=data.id,
-                    position=position,
-                    set_index=index,
-                    **asdict(item),
-                )
-            )
     return exercises, sets
 
 
@@ -279,6 +284,17 @@ def views_of(s: Session, workouts: Sequence[Workout]) -> list[WorkoutView]:
     ]
 
 
+def _view_from(workout: Workout, checked: WorkoutData, names: dict[str, str]) -> WorkoutView:
+    """The view of a workout whose stored content is `checked`, without reading it back."""
+    return WorkoutView(
+        workout=workout,
+        exercises=tuple(
+            PerformedView(p.exercise_id, names.get(p.exercise_id, ""), p.notes, p.sets)
+            for p in checked.exercises
+        ),
+    )
+
+
 class LogService:
     def __init__(self, db: Database, auth: AuthService, now: Callable[[], datetime]) -> None:
         self.db = db
@@ -287,6 +303,13 @@ class LogService:
 
     def _resolve(self, s: Session, user_id: str, data: WorkoutData) -> WorkoutData:
         """Exercise ids or slugs -> ids of exercises this user can see."""
+        return self._resolve_named(s, user_id, data)[0]
+
+    @staticmethod
+    def _resolve_named(
+        s: Session, user_id: str, data: WorkoutData
+    ) -> tuple[WorkoutData, dict[str, str]]:
+        """Like _resolve, and the names of the exercises by id."""
         found = repo.visible_exercises(s, user_id, [p.exercise_id for p in data.exercises])
         resolved = []
         for i, performed in enumerate(data.exercises):
@@ -297,7 +320,8 @@ class LogService:
                     f"no exercise {performed.exercise_id!r} in the catalog or your exercises",
                 )
             resolved.append(replace(performed, exercise_id=exercise.id))
-        return replace(data, exercises=tuple(resolved))
+        names = {e.id: e.name for e in found.values()}
+        return replace(data, exercises=tuple(resolved)), names
 
     def _view(self, s: Session, workout: Workout) -> WorkoutView:
         return views_of(s, [workout])[0]
@@ -312,11 +336,18 @@ class LogService:
 
         return self.db.run(work, write=False)
 
-    def create(self, data: WorkoutData, request_id: str = "") -> WorkoutView:
-        """Store a new workout for the caller. A retry (same id, same content) returns the
-        original; an optional request_id (AIP-155) may not be reused for another request."""
+    def create(
+        self, build: Callable[[str], WorkoutData], request_id: str = ""
+    ) -> tuple[WorkoutView, str]:
+        """Store a new workout for the caller; `build` makes it from the caller's preferred
+        unit, so the whole call is one transaction. Returns the stored workout and that unit.
+
+        A retry (same id, same content) returns the original; an optional request_id
+        (AIP-155) may not be reused for another request.
+        """
         request_id = idempotency.check_request_id(request_id) if request_id else ""
-        return self._create(lambda s: self.auth.current_user(s), data, request_id)[0]
+        view, _, user = self._create(self.auth.current_user, build, request_id)
+        return view, user.preferred_unit
 
     def create_for(self, user_id: str, data: WorkoutData) -> tuple[WorkoutView, bool]:
         """Store a workout for a named user (imports, tools); True if it was new."""
@@ -327,15 +358,23 @@ class LogService:
                 raise NotFound(f"no user {user_id}", reason="USER_NOT_FOUND")
             return user
 
-        return self._create(owner, data, "")
+        view, created, _ = self._create(owner, lambda _unit: data, "")
+        return view, created
 
     def _create(
-        self, owner: Callable[[Session], User], data: WorkoutData, request_id: str
-    ) -> tuple[WorkoutView, bool]:
-        def work(s: Session) -> tuple[WorkoutView, bool]:
+        self,
+        owner: Callable[[Session], User],
+        build: Callable[[str], WorkoutData],
+        request_id: str,
+    ) -> tuple[WorkoutView, bool, User]:
+        def work(s: Session) -> tuple[WorkoutView, bool, User]:
             user = owner(s)
-            repo.lock_changes(s, user.id)
-            checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
+            data = check_workout(build(user.preferred_unit), self.now(), user.time_zone)
+            # Taking a change number locks the user's counter: one writer per user at a time,
+            # so two copies of one create cannot both find the id free. A retry wastes the
+            # number, which only leaves a gap in the feed.
+            seq = repo.take_change_seq(s, user.id)
+            checked, names = self._resolve_named(s, user.id, data)
             digest = content_hash(checked)
             if request_id:
                 # Refuses a request_id used before for another request; the id finds retries.
@@ -343,7 +382,8 @@ class LogService:
             existing = repo.get(s, user.id, checked.id)
             if existing is not None:
                 if existing.deleted_at is None and existing.content_hash == digest:
-                    return self._view(s, existing), False  # a retry: the original answer
+                    # A retry: the same content as stored, so the answer is built from it.
+                    return _view_from(existing, checked, names), False, user
                 raise AlreadyExists(
                     f"workout {checked.id} already exists with other content"
                     + (" (it was deleted)" if existing.deleted_at else ""),
@@ -360,7 +400,7 @@ class LogService:
                 time_zone=checked.time_zone,
                 content_hash=digest,
                 version=1,
-                change_seq=repo.next_change_seq(s, user.id),
+                change_seq=seq,
                 created_at=now,
                 updated_at=now,
             )
@@ -371,7 +411,7 @@ class LogService:
                 idempotency.remember(
                     s, user.id, "CreateWorkout", request_id, digest, checked.id, now
                 )
-            return self._view(s, workout), True
+            return _view_from(workout, checked, names), True, user
 
         return self.db.run(work)
 
@@ -484,7 +524,7 @@ class LogService:
             user = self.auth.current_user(s)
             repo.lock_changes(s, user.id)
             results = [self._sync_one(s, user, i, item) for i, item in enumerate(items)]
-            results += [self._sync_delete(s, user, i, ref) for i, ref in enumerate(deletes)]
+            results += [self._sync_delete(s, user, i, ref, after) for i, ref in enumerate(deletes)]
             changed = list(repo.changes_since(s, user.id, after, limit + 1))
             more = len(changed) > limit
             changed = changed[:limit]
@@ -546,7 +586,11 @@ class LogService:
         self._replace(s, user, workout, checked, digest)
         return SyncResultData(checked.id, "updated", etag=etag(workout))
 
-    def _sync_delete(self, s: Session, user: User, index: int, ref: str) -> SyncResultData:
+    def _sync_delete(
+        self, s: Session, user: User, index: int, ref: str, cursor_seq: int
+    ) -> SyncResultData:
+        """Tombstone a workout, unless it changed after the device's cursor (the device
+        has not seen that change, so deleting would throw it away)."""
         try:
             workout_id = check_workout_id(ref, f"deletes[{index}]")
         except InvalidArgument as error:
@@ -555,6 +599,13 @@ class LogService:
         if workout is None:
             return SyncResultData(workout_id, "unchanged", "the server has no such workout")
         if workout.deleted_at is None:
+            if cursor_seq and workout.change_seq > cursor_seq:
+                return SyncResultData(
+                    workout_id,
+                    "conflict",
+                    "changed on the server since this device's cursor; sync, then delete again",
+                    etag=etag(workout),
+                )
             self._tombstone(s, user, workout)
         return SyncResultData(workout_id, "deleted", etag=etag(workout))
 
@@ -574,6 +625,9 @@ class LogService:
         if chunk_size < 0:
             raise InvalidArgument("chunk_size", "must not be negative")
         limit = min(chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+
+        for i, ref in enumerate(exercise_refs):
+            _check_text(f"exercise_ids[{i}]", ref)
 
         def resolve(s: Session) -> tuple[str, list[str]]:
             user = self.auth.current_user(s)
@@ -633,6 +687,8 @@ class LogService:
         if weeks < 0 or weeks > MAX_STAT_WEEKS:
             raise InvalidArgument("weeks", f"must be between 0 and {MAX_STAT_WEEKS}")
         moment = as_of or self.now()
+        if not EARLIEST <= moment <= self.now() + MAX_FUTURE:
+            raise InvalidArgument("as_of", "must be after 1970 and at most a day ahead")
 
         def work(s: Session) -> tuple[stats.Stats, str]:
             user = self.auth.current_user(s)
@@ -673,6 +729,9 @@ def decode_page_token(token: str) -> tuple[datetime, str] | None:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        return datetime.fromisoformat(data["t"]), str(data["i"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        moment, last_id = datetime.fromisoformat(data["t"]), str(uuid.UUID(data["i"]))
+        if moment.tzinfo is None:
+            raise ValueError("no zone")
+        return moment, last_id
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         raise InvalidArgument("page_token", "is not a token from a previous response") from None

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import grpc
 
 from repwise.v1 import common_pb2, log_pb2, log_pb2_grpc
-from server.converters import from_timestamp
+from server.converters import optional_timestamp
 from server.errors import DomainError, InvalidArgument
 from server.logs import converters as conv
 from server.logs import exports
-from server.logs.service import LogService, SyncItem
+from server.logs.service import LogService, SyncItem, WorkoutData
 
 EXPORT_FORMATS = {
     log_pb2.EXPORT_FORMAT_UNSPECIFIED: "json",
@@ -32,9 +32,15 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     ) -> log_pb2.CreateWorkoutResponse:
         if not request.HasField("workout"):
             raise InvalidArgument("workout", "is required")
-        unit = self._units(request.workout.weight_unit, "workout.weight_unit")
-        view = self.logs.create(conv.workout_from_pb(request.workout, unit), request.request_id)
-        return log_pb2.CreateWorkoutResponse(workout=conv.workout_to_pb(view, unit))
+
+        def build(preferred: str) -> WorkoutData:
+            return conv.workout_from_pb(request.workout, unit(preferred))
+
+        def unit(preferred: str) -> str:
+            return conv.unit("workout.weight_unit", request.workout.weight_unit, preferred)
+
+        view, preferred = self.logs.create(build, request.request_id)
+        return log_pb2.CreateWorkoutResponse(workout=conv.workout_to_pb(view, unit(preferred)))
 
     def GetWorkout(
         self, request: log_pb2.GetWorkoutRequest, context: grpc.ServicerContext
@@ -50,8 +56,8 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         unit = self._units(request.weight_unit)
         span = request.time_range
         views, token = self.logs.list_workouts(
-            from_timestamp(span.start_time) if span.HasField("start_time") else None,
-            from_timestamp(span.end_time) if span.HasField("end_time") else None,
+            optional_timestamp(span, "start_time", "time_range.start_time"),
+            optional_timestamp(span, "end_time", "time_range.end_time"),
             request.page_size,
             request.page_token,
         )
@@ -108,8 +114,8 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             raise InvalidArgument("order", "must be SORT_ORDER_ASCENDING or SORT_ORDER_DESCENDING")
         span = request.time_range
         chunks = self.logs.history(
-            start=from_timestamp(span.start_time) if span.HasField("start_time") else None,
-            end=from_timestamp(span.end_time) if span.HasField("end_time") else None,
+            start=optional_timestamp(span, "start_time", "time_range.start_time"),
+            end=optional_timestamp(span, "end_time", "time_range.end_time"),
             exercise_refs=list(request.exercise_ids),
             descending=request.order == common_pb2.SORT_ORDER_DESCENDING,
             chunk_size=request.chunk_size,
@@ -123,7 +129,7 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     def GetStats(
         self, request: log_pb2.GetStatsRequest, context: grpc.ServicerContext
     ) -> log_pb2.GetStatsResponse:
-        as_of = from_timestamp(request.as_of) if request.HasField("as_of") else None
+        as_of = optional_timestamp(request, "as_of", "as_of")
         result, preferred = self.logs.stats(as_of, request.weeks)
         unit = conv.unit("weight_unit", request.weight_unit, preferred)
         return conv.stats_to_pb(result, unit)
