@@ -142,3 +142,18 @@ def test_an_import_with_an_absurd_duration_fails_cleanly(server, clock, tmp_path
             server.server.db, server.server.catalog, server.server.logs, "strong", export,
             account.user.email, dry_run=False, unit="kg", time_zone=None, out=io.StringIO(),
         )  # fmt: skip
+
+
+def test_a_request_id_retry_after_an_update_returns_the_current_workout(server, token):
+    message = workout()
+    request = log_pb2.CreateWorkoutRequest(workout=message, request_id=str(uuid.uuid4()))
+    first = server.logs.CreateWorkout(request, metadata=bearer(token)).workout
+    edited = log_pb2.Workout()
+    edited.CopyFrom(first)
+    edited.title = "Renamed"
+    server.logs.UpdateWorkout(log_pb2.UpdateWorkoutRequest(workout=edited), metadata=bearer(token))
+    retried = server.logs.CreateWorkout(request, metadata=bearer(token)).workout
+    assert (retried.id, retried.title) == (first.id, "Renamed")
+    server.logs.DeleteWorkout(log_pb2.DeleteWorkoutRequest(id=first.id), metadata=bearer(token))
+    error = rpc_error(server.logs.CreateWorkout, request, metadata=bearer(token))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

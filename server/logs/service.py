@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from server import idempotency
@@ -20,7 +21,14 @@ from server.auth import repository as auth_repository
 from server.auth.models import User
 from server.auth.service import AuthService, iana_time_zones
 from server.db import Database
-from server.errors import Aborted, AlreadyExists, DomainError, InvalidArgument, NotFound
+from server.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from server.logs import repository as repo
 from server.logs import stats
 from server.logs.models import Workout, WorkoutSet
@@ -376,9 +384,17 @@ class LogService:
             seq = repo.take_change_seq(s, user.id)
             checked, names = self._resolve_named(s, user.id, data)
             digest = content_hash(checked)
-            if request_id:
-                # Refuses a request_id used before for another request; the id finds retries.
-                idempotency.find(s, user.id, "CreateWorkout", request_id, digest)
+            if request_id and idempotency.find(
+                s, user.id, "CreateWorkout", request_id, digest
+            ):  # raises for a request_id used before for another request
+                earlier = repo.get(s, user.id, checked.id)
+                if earlier is None or earlier.deleted_at is not None:
+                    raise FailedPrecondition(
+                        "the workout this request_id created has since been deleted",
+                        reason="REQUEST_ID_RESOURCE_DELETED",
+                    )
+                # A retry of a create whose workout changed since: its current state.
+                return views_of(s, [earlier])[0], False, user
             existing = repo.get(s, user.id, checked.id)
             if existing is not None:
                 if existing.deleted_at is None and existing.content_hash == digest:
@@ -413,7 +429,12 @@ class LogService:
                 )
             return _view_from(workout, checked, names), True, user
 
-        return self.db.run(work)
+        try:
+            return self.db.run(work)
+        except exc.IntegrityError:
+            # An exercise it names was deleted meanwhile (foreign key): decide again, which
+            # now names the missing exercise as INVALID_ARGUMENT.
+            return self.db.run(work)
 
     def get(self, workout_id: str) -> WorkoutView:
         workout_id = check_workout_id(workout_id, "id")
