@@ -405,27 +405,10 @@ class LogService:
                     + (" (it was deleted)" if existing.deleted_at else ""),
                     reason="WORKOUT_EXISTS",
                 )
-            now = self.now()
-            workout = Workout(
-                user_id=user.id,
-                id=checked.id,
-                title=checked.title,
-                notes=checked.notes,
-                started_at=checked.started_at,
-                ended_at=checked.ended_at,
-                time_zone=checked.time_zone,
-                content_hash=digest,
-                version=1,
-                change_seq=seq,
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(workout)
-            s.flush()
-            repo.add_children(s, *_rows(user.id, checked))
+            workout = self._insert(s, user, checked, digest, seq)
             if request_id:
                 idempotency.remember(
-                    s, user.id, "CreateWorkout", request_id, digest, checked.id, now
+                    s, user.id, "CreateWorkout", request_id, digest, checked.id, self.now()
                 )
             return _view_from(workout, checked, names), True, user
 
@@ -505,6 +488,30 @@ class LogService:
 
         self.db.run(work)
 
+    def _insert(
+        self, s: Session, user: User, checked: WorkoutData, digest: str, change_seq: int
+    ) -> Workout:
+        """Store a new, validated workout and its exercises and sets."""
+        now = self.now()
+        workout = Workout(
+            user_id=user.id,
+            id=checked.id,
+            title=checked.title,
+            notes=checked.notes,
+            started_at=checked.started_at,
+            ended_at=checked.ended_at,
+            time_zone=checked.time_zone,
+            content_hash=digest,
+            version=1,
+            change_seq=change_seq,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(workout)
+        s.flush()
+        repo.add_children(s, *_rows(user.id, checked))
+        return workout
+
     def _replace(
         self, s: Session, user: User, workout: Workout, checked: WorkoutData, digest: str
     ) -> None:
@@ -572,24 +579,7 @@ class LogService:
         digest = content_hash(checked)
         workout = repo.get(s, user.id, checked.id, for_update=True)
         if workout is None:
-            now = self.now()
-            workout = Workout(
-                user_id=user.id,
-                id=checked.id,
-                title=checked.title,
-                notes=checked.notes,
-                started_at=checked.started_at,
-                ended_at=checked.ended_at,
-                time_zone=checked.time_zone,
-                content_hash=digest,
-                version=1,
-                change_seq=repo.next_change_seq(s, user.id),
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(workout)
-            s.flush()
-            repo.add_children(s, *_rows(user.id, checked))
+            workout = self._insert(s, user, checked, digest, repo.next_change_seq(s, user.id))
             return SyncResultData(checked.id, "created", etag=etag(workout))
         if workout.deleted_at is not None:
             return SyncResultData(
