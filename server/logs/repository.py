@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, exists, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -160,7 +160,27 @@ def changes_since(s: Session, user_id: str, after_seq: int, limit: int) -> Seque
     ).all()
 
 
-HistoryRow = tuple[WorkoutExercise, datetime, str, list[WorkoutSet]]
+# Set fields in SetData's order; history reads them as plain tuples (no ORM objects: the
+# stream's cost is per set).
+SET_COLUMNS = (
+    WorkoutSet.reps,
+    WorkoutSet.weight_kg,
+    WorkoutSet.rpe,
+    WorkoutSet.rir,
+    WorkoutSet.duration_s,
+    WorkoutSet.distance_m,
+    WorkoutSet.kind,
+)
+
+
+class HistoryRow(NamedTuple):
+    workout_id: str
+    position: int
+    exercise_id: str
+    notes: str
+    started_at: datetime
+    exercise_name: str
+    sets: list[tuple[Any, ...]]  # SET_COLUMNS values, in set order
 
 
 def history_page(
@@ -177,7 +197,14 @@ def history_page(
     """Performed exercises of live workouts with their workout's start, exercise name and sets,
     in (started_at, workout_id, position) order, after the keyset `after`."""
     query = (
-        select(WorkoutExercise, Workout.started_at, Exercise.name)
+        select(
+            WorkoutExercise.workout_id,
+            WorkoutExercise.position,
+            WorkoutExercise.exercise_id,
+            WorkoutExercise.notes,
+            Workout.started_at,
+            Exercise.name,
+        )
         .join(
             Workout,
             (Workout.user_id == WorkoutExercise.user_id)
@@ -200,20 +227,17 @@ def history_page(
     rows = s.execute(query.order_by(*order).limit(limit)).all()
     if not rows:
         return []
-    sets: dict[tuple[str, int], list[WorkoutSet]] = defaultdict(list)
-    for item in s.scalars(
-        select(WorkoutSet)
+    sets: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+    for workout_id, position, *values in s.execute(
+        select(WorkoutSet.workout_id, WorkoutSet.position, *SET_COLUMNS)
         .where(
             WorkoutSet.user_id == user_id,
-            WorkoutSet.workout_id.in_({row[0].workout_id for row in rows}),
+            WorkoutSet.workout_id.in_({row[0] for row in rows}),
         )
         .order_by(WorkoutSet.workout_id, WorkoutSet.position, WorkoutSet.set_index)
     ):
-        sets[(item.workout_id, item.position)].append(item)
-    return [
-        (performed, started, name, sets[(performed.workout_id, performed.position)])
-        for performed, started, name in rows
-    ]
+        sets[(workout_id, position)].append(tuple(values))
+    return [HistoryRow(*row, sets[(row[0], row[1])]) for row in rows]
 
 
 def stat_rows(

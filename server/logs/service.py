@@ -674,22 +674,22 @@ class LogService:
                 return
             yield [
                 HistoryEntry(
-                    workout_id=performed.workout_id,
-                    started_at=started,
-                    position=performed.position,
+                    workout_id=row.workout_id,
+                    started_at=row.started_at,
+                    position=row.position,
                     exercise=PerformedView(
-                        exercise_id=performed.exercise_id,
-                        exercise_name=name,
-                        notes=performed.notes,
-                        sets=tuple(_set_data(x) for x in sets),
+                        exercise_id=row.exercise_id,
+                        exercise_name=row.exercise_name,
+                        notes=row.notes,
+                        sets=tuple(SetData(*values) for values in row.sets),
                     ),
                 )
-                for performed, started, name, sets in rows
+                for row in rows
             ]
             if len(rows) < limit:
                 return
             last = rows[-1]
-            after = (last[1], last[0].workout_id, last[0].position)
+            after = (last.started_at, last.workout_id, last.position)
 
     # --- statistics ---------------------------------------------------------------------
 
