@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 
-from repwise.v1 import common_pb2, log_pb2
+from repwise.v1 import catalog_pb2, common_pb2, log_pb2
 from server.catalog.sources import seed_default_catalog
 from server.logs import imports
 from tests.conftest import bearer, register, rpc_error
@@ -64,3 +64,17 @@ def test_unknown_export_format_names_the_field(server):
     error = rpc_error(export, server, account.access_token, 99)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "format" in error.details()
+
+
+def test_json_export_holds_the_profile_and_own_exercises(server, clock):
+    seed_default_catalog(server.server.db, clock)
+    account = register(server, display_name="Ann")
+    custom = catalog_pb2.Exercise(name="Zercher Carry", primary_muscles=[common_pb2.MUSCLE_TRAPS])
+    server.catalog.CreateExercise(
+        catalog_pb2.CreateExerciseRequest(exercise=custom), metadata=bearer(account.access_token)
+    )
+    document = json.loads(export(server, account.access_token, log_pb2.EXPORT_FORMAT_JSON))
+    assert document["user"]["display_name"] == "Ann"
+    assert document["user"]["time_zone"] == "UTC"
+    assert [e["name"] for e in document["exercises"]] == ["Zercher Carry"]
+    assert document["exercises"][0]["primary_muscles"] == ["traps"]

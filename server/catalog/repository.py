@@ -102,3 +102,10 @@ def set_muscles(s: Session, exercise: Exercise) -> None:
 def delete_exercise(s: Session, exercise: Exercise) -> None:
     s.delete(exercise)
     s.flush()
+
+
+def owned_by(s: Session, user_id: str) -> Sequence[Exercise]:
+    """A user's own (private) exercises, by name."""
+    return s.scalars(
+        select(Exercise).where(Exercise.owner_id == user_id).order_by(Exercise.name_key)
+    ).all()

@@ -7,14 +7,19 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session
 
+from server.auth import repository as auth_repository
+from server.catalog import repository as catalog_repository
+from server.catalog.models import Exercise
+from server.catalog.service import spec_of
 from server.db import Database
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, NotFound
 from server.logs import repository as repo
 from server.logs.service import KG_PER_LB, SetData, WorkoutView, views_of
 
@@ -217,11 +222,34 @@ def iter_views(db: Database, user_id: str, page_size: int = 200) -> Iterator[Wor
         after = (last.started_at, last.id)
 
 
-def export_user(db: Database, user_id: str, email: str, fmt: str, unit: str) -> Iterator[bytes]:
-    """All of a user's workouts as "json" or "strong-csv", in chunks."""
-    views = iter_views(db, user_id)
-    if fmt == "json":
-        return export_json(views, unit, {"user": {"email": email}})
+def export_user(db: Database, user_id: str, fmt: str, unit: str) -> Iterator[bytes]:
+    """A user's data in chunks: "json" holds the profile, their own exercises and every
+    workout; "strong-csv" holds the workouts (all Strong's format can carry)."""
     if fmt == "strong-csv":
-        return export_strong_csv(views, unit)
-    raise InvalidArgument("format", f"unknown export format {fmt!r}")
+        return export_strong_csv(iter_views(db, user_id), unit)
+    if fmt != "json":
+        raise InvalidArgument("format", f"unknown export format {fmt!r}")
+    profile = db.run(lambda s: _profile(s, user_id), write=False)
+    return export_json(iter_views(db, user_id), unit, profile)
+
+
+def _exercise_json(exercise: Exercise) -> dict[str, Any]:
+    return {"id": exercise.id, **asdict(spec_of(exercise))}  # tuples dump as JSON lists
+
+
+def _profile(s: Session, user_id: str) -> dict[str, Any]:
+    user = auth_repository.get_user(s, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}", reason="USER_NOT_FOUND")
+    return {
+        "user": {
+            "email": user.email,
+            "display_name": user.display_name,
+            "time_zone": user.time_zone,
+            "preferred_unit": user.preferred_unit,
+            "weekly_workout_goal": user.weekly_workout_goal,
+            "available_equipment": list(user.available_equipment),
+            "created_at": _iso(user.created_at),
+        },
+        "exercises": [_exercise_json(e) for e in catalog_repository.owned_by(s, user_id)],
+    }

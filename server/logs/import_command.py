@@ -371,7 +371,7 @@ def run_export(
 
     user = db.run(find_user, write=False)
     chosen = unit or user.preferred_unit
-    chunks = exports.export_user(db, user.id, user.email, fmt, chosen)
+    chunks = exports.export_user(db, user.id, fmt, chosen)
     total = 0
     for chunk in chunks:
         write(chunk)

@@ -144,5 +144,5 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             )
         caller = self.logs.caller()
         unit = conv.unit("weight_unit", request.weight_unit, caller.preferred_unit)
-        for chunk in exports.export_user(self.logs.db, caller.user_id, caller.email, fmt, unit):
+        for chunk in exports.export_user(self.logs.db, caller.user_id, fmt, unit):
             yield log_pb2.ExportDataResponse(data=chunk)
