@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import delete, exists, insert, or_, select, tuple_, update
+from sqlalchemy import Table, delete, exists, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -72,11 +72,12 @@ def children(
 def add_children(
     s: Session, exercises: Sequence[dict[str, Any]], sets: Sequence[dict[str, Any]]
 ) -> None:
-    """Bulk-insert a workout's performed exercises and sets (one executemany each)."""
+    """Bulk-insert a workout's performed exercises and sets (one executemany each), through
+    the tables rather than the ORM: the ORM's bulk path cost more than the statements."""
     if exercises:
-        s.execute(insert(WorkoutExercise), exercises)
+        s.execute(insert(cast(Table, WorkoutExercise.__table__)), exercises)
     if sets:
-        s.execute(insert(WorkoutSet), sets)
+        s.execute(insert(cast(Table, WorkoutSet.__table__)), sets)
 
 
 def delete_children(s: Session, user_id: str, workout_id: str) -> None:
@@ -130,15 +131,25 @@ def next_change_seq(s: Session, user_id: str) -> int:
     )
 
 
-def visible_exercises(s: Session, user_id: str, refs: Sequence[str]) -> dict[str, Exercise]:
-    """Exercises the user can log, by each id or slug asked for."""
-    rows = s.scalars(
-        select(Exercise).where(
-            or_(Exercise.owner_id.is_(None), Exercise.owner_id == user_id),
-            or_(Exercise.id.in_(refs), Exercise.slug.in_(refs)),
+class ExerciseRef(NamedTuple):
+    id: str
+    slug: str
+    name: str
+    owner_id: str | None
+
+
+def visible_exercises(s: Session, user_id: str, refs: Sequence[str]) -> dict[str, ExerciseRef]:
+    """Exercises the user can log, by each id or slug asked for (only the columns needed)."""
+    rows = [
+        ExerciseRef(*row)
+        for row in s.execute(
+            select(Exercise.id, Exercise.slug, Exercise.name, Exercise.owner_id).where(
+                or_(Exercise.owner_id.is_(None), Exercise.owner_id == user_id),
+                or_(Exercise.id.in_(refs), Exercise.slug.in_(refs)),
+            )
         )
-    ).all()
-    found: dict[str, Exercise] = {}
+    ]
+    found: dict[str, ExerciseRef] = {}
     # Shared first, so the user's own exercise wins a slug both use.
     for row in sorted(rows, key=lambda row: row.owner_id is not None):
         found[row.id] = row
