@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from datetime import datetime
@@ -48,6 +49,7 @@ SERVICE_NAMES = (
     training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 2.0
+PURGE_EVERY_SECONDS = 3600
 
 
 class RepwiseServer:
@@ -149,13 +151,24 @@ class RepwiseServer:
             self.health.set(name, status)
 
     def _watch_database(self) -> None:
+        """Health follows the database; now and then, stale sign-in throttles are purged."""
         serving = True
+        next_purge = time.monotonic()
         while not self._stopping.wait(self._health_check_seconds):
             ok = self.db.ping()
             if ok != serving:
                 log.warning("database is %s", "reachable again" if ok else "unreachable")
                 serving = ok
                 self._set_serving(ok)
+            if ok and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+                try:
+                    purged = self.auth.purge_stale_throttles()
+                except Exception:  # maintenance must never stop health checks
+                    log.exception("purging stale sign-in throttles failed")
+                else:
+                    if purged:
+                        log.info("purged %d stale sign-in throttles", purged)
 
     def start(self) -> int:
         self._set_serving(self.db.ping())

@@ -105,3 +105,14 @@ def test_a_sign_in_checked_before_a_password_change_starts_no_session(server, db
             text("SELECT count(*) FROM auth_sessions WHERE user_id = :i"), {"i": account.user.id}
         ).scalar()
     assert sessions == 1  # only the one Register started
+
+
+def test_stale_throttles_are_purged_and_live_ones_kept(server, clock, db):
+    clock.freeze()
+    stale, recent = "stale@example.com", "recent@example.com"
+    rpc_error(login, server, stale, "wrong password")
+    clock.advance(24 * 3600 + 1)
+    rpc_error(login, server, recent, "wrong password")
+    assert server.server.auth.purge_stale_throttles() == 1
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM login_throttles")).scalar() == 1

@@ -101,3 +101,15 @@ def get_throttle_for_update(session: Session, email_key: str) -> LoginThrottle |
 
 def delete_throttle(session: Session, email_key: str) -> None:
     session.execute(delete(LoginThrottle).where(LoginThrottle.email_key == email_key))
+
+
+def purge_throttles(session: Session, idle_since: datetime, now: datetime) -> int:
+    """Delete throttle rows with no attempt since `idle_since` and no lock or check running."""
+    result = session.execute(
+        delete(LoginThrottle).where(
+            LoginThrottle.last_attempt_at < idle_since,
+            (LoginThrottle.locked_until.is_(None)) | (LoginThrottle.locked_until < now),
+            (LoginThrottle.pending_until.is_(None)) | (LoginThrottle.pending_until < now),
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

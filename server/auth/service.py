@@ -447,6 +447,12 @@ class AuthService:
 
         return self.db.run(work)
 
+    def purge_stale_throttles(self) -> int:
+        """Forget sign-in failures nobody has touched for FAILURE_MEMORY (they would be reset
+        on the next attempt anyway), so guesses at random emails do not pile up rows."""
+        now = self.now()
+        return self.db.run(lambda s: repo.purge_throttles(s, now - FAILURE_MEMORY, now))
+
     # --- operator commands (CLI) ------------------------------------------------
 
     def create_admin(self, email: str, password: str) -> User:
