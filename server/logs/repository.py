@@ -194,61 +194,85 @@ class HistoryRow(NamedTuple):
     sets: list[tuple[Any, ...]]  # SET_COLUMNS values, in set order
 
 
-def history_page(
+def history_workouts(
     s: Session,
     user_id: str,
     *,
     start: datetime | None,
     end: datetime | None,
-    exercise_ids: Sequence[str],
-    after: tuple[datetime, str, int] | None,
+    after: tuple[datetime, str] | None,
     descending: bool,
     limit: int,
+) -> list[tuple[datetime, str]]:
+    """(started_at, id) of the next live workouts in history order, after the keyset `after`:
+    an index range on (user_id, started_at), so each page costs the same however long the
+    history."""
+    query = select(Workout.started_at, Workout.id).where(
+        Workout.user_id == user_id, Workout.deleted_at.is_(None)
+    )
+    if start is not None:
+        query = query.where(Workout.started_at >= start)
+    if end is not None:
+        query = query.where(Workout.started_at < end)
+    key = tuple_(Workout.started_at, Workout.id)
+    if after is not None:
+        query = query.where(key < after if descending else key > after)
+    order = (Workout.started_at, Workout.id)
+    query = query.order_by(*(c.desc() for c in order) if descending else order)
+    return [(started, workout_id) for started, workout_id in s.execute(query.limit(limit))]
+
+
+def history_rows(
+    s: Session,
+    user_id: str,
+    workouts: Sequence[tuple[datetime, str]],
+    exercise_ids: Sequence[str],
+    descending: bool,
 ) -> list[HistoryRow]:
-    """Performed exercises of live workouts with their workout's start, exercise name and sets,
-    in (started_at, workout_id, position) order, after the keyset `after`."""
+    """The performed exercises (with names and sets) of these workouts, in the workouts'
+    order and by position within each (last first when `descending`, so newest-first is the
+    exact reverse of oldest-first); only `exercise_ids` when given."""
+    ids = [workout_id for _, workout_id in workouts]
     query = (
         select(
             WorkoutExercise.workout_id,
             WorkoutExercise.position,
             WorkoutExercise.exercise_id,
             WorkoutExercise.notes,
-            Workout.started_at,
             Exercise.name,
         )
-        .join(
-            Workout,
-            (Workout.user_id == WorkoutExercise.user_id)
-            & (Workout.id == WorkoutExercise.workout_id),
-        )
         .join(Exercise, Exercise.id == WorkoutExercise.exercise_id)
-        .where(WorkoutExercise.user_id == user_id, Workout.deleted_at.is_(None))
+        .where(WorkoutExercise.user_id == user_id, WorkoutExercise.workout_id.in_(ids))
     )
-    if start is not None:
-        query = query.where(Workout.started_at >= start)
-    if end is not None:
-        query = query.where(Workout.started_at < end)
     if exercise_ids:
         query = query.where(WorkoutExercise.exercise_id.in_(exercise_ids))
-    key = tuple_(Workout.started_at, WorkoutExercise.workout_id, WorkoutExercise.position)
-    if after is not None:
-        query = query.where(key < after if descending else key > after)
-    columns = (Workout.started_at, WorkoutExercise.workout_id, WorkoutExercise.position)
-    order = [c.desc() for c in columns] if descending else list(columns)
-    rows = s.execute(query.order_by(*order).limit(limit)).all()
-    if not rows:
-        return []
+    performed: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in s.execute(query):
+        performed[row[0]].append(tuple(row))
     sets: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
     for workout_id, position, *values in s.execute(
         select(WorkoutSet.workout_id, WorkoutSet.position, *SET_COLUMNS)
-        .where(
-            WorkoutSet.user_id == user_id,
-            WorkoutSet.workout_id.in_({row[0] for row in rows}),
-        )
+        .where(WorkoutSet.user_id == user_id, WorkoutSet.workout_id.in_(list(performed)))
         .order_by(WorkoutSet.workout_id, WorkoutSet.position, WorkoutSet.set_index)
     ):
         sets[(workout_id, position)].append(tuple(values))
-    return [HistoryRow(*row, sets[(row[0], row[1])]) for row in rows]
+    rows = []
+    for started, workout_id in workouts:
+        for _, position, exercise_id, notes, name in sorted(
+            performed.get(workout_id, ()), key=lambda row: row[1], reverse=descending
+        ):
+            rows.append(
+                HistoryRow(
+                    workout_id,
+                    position,
+                    exercise_id,
+                    notes,
+                    started,
+                    name,
+                    sets[(workout_id, position)],
+                )
+            )
+    return rows
 
 
 def stat_rows(

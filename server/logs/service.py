@@ -46,6 +46,7 @@ MAX_STAT_WEEKS = 104
 DEFAULT_CHANGES = 200
 MAX_CHANGES = 1000
 DEFAULT_CHUNK = 500
+HISTORY_WORKOUTS_PER_READ = 200
 MAX_CHUNK = 5000
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
@@ -660,45 +661,43 @@ class LogService:
             return user.id, ids
 
         user_id, exercise_ids = self.db.run(resolve, write=False)
-        after: tuple[datetime, str, int] | None = None
+        after: tuple[datetime, str] | None = None
+        chunk: list[HistoryEntry] = []
         while True:
 
             def page(
-                s: Session, after: tuple[datetime, str, int] | None = after
-            ) -> Sequence[repo.HistoryRow]:
+                s: Session, after: tuple[datetime, str] | None = after
+            ) -> tuple[list[tuple[datetime, str]], list[repo.HistoryRow]]:
                 self.auth.current_user(s)  # the session may have ended mid-stream
-                return repo.history_page(
-                    s,
-                    user_id,
-                    start=start,
-                    end=end,
-                    exercise_ids=exercise_ids,
-                    after=after,
-                    descending=descending,
-                    limit=limit,
-                )
+                workouts = repo.history_workouts(
+                    s, user_id, start=start, end=end, after=after, descending=descending,
+                    limit=HISTORY_WORKOUTS_PER_READ,
+                )  # fmt: skip
+                return workouts, repo.history_rows(s, user_id, workouts, exercise_ids, descending)
 
-            rows = self.db.run(page, write=False)
-            if not rows:
-                return
-            yield [
-                HistoryEntry(
-                    workout_id=row.workout_id,
-                    started_at=row.started_at,
-                    position=row.position,
-                    exercise=PerformedView(
-                        exercise_id=row.exercise_id,
-                        exercise_name=row.exercise_name,
-                        notes=row.notes,
-                        sets=tuple(SetData(*values) for values in row.sets),
-                    ),
+            workouts, rows = self.db.run(page, write=False)
+            for row in rows:
+                chunk.append(
+                    HistoryEntry(
+                        workout_id=row.workout_id,
+                        started_at=row.started_at,
+                        position=row.position,
+                        exercise=PerformedView(
+                            exercise_id=row.exercise_id,
+                            exercise_name=row.exercise_name,
+                            notes=row.notes,
+                            sets=tuple(SetData(*values) for values in row.sets),
+                        ),
+                    )
                 )
-                for row in rows
-            ]
-            if len(rows) < limit:
+                if len(chunk) == limit:
+                    yield chunk
+                    chunk = []
+            if len(workouts) < HISTORY_WORKOUTS_PER_READ:
+                if chunk:
+                    yield chunk
                 return
-            last = rows[-1]
-            after = (last.started_at, last.workout_id, last.position)
+            after = workouts[-1]
 
     # --- statistics ---------------------------------------------------------------------
 
