@@ -8,7 +8,7 @@ whole vector is scaled to unit length. Any change here bumps SCHEMA_VERSION.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,12 +86,6 @@ def _index(block: str, value: str) -> int:
         return _INDEX[f"{block}:{value}"]
     except KeyError:
         raise ValueError(f"unknown {block} {value!r}") from None
-
-
-def encode_many(traits: Iterable[ExerciseTraits]) -> np.ndarray:
-    """Feature matrix: ndarray of shape (n_exercises, DIMENSIONS)."""
-    rows = [encode(t) for t in traits]
-    return np.vstack(rows) if rows else np.zeros((0, DIMENSIONS))
 
 
 def sparse(vector: np.ndarray) -> Mapping[str, float]:

@@ -93,10 +93,6 @@ class Settings:
         except Exception as exc:
             raise ConfigError(f"REPWISE_DATABASE_URL is not a database URL: {exc}") from exc
 
-    @property
-    def is_sqlite(self) -> bool:
-        return make_url(self.database_url).get_backend_name() == "sqlite"
-
 
 def secret_path_for(database_url: str) -> Path:
     """Where the generated JWT secret lives: beside the SQLite file, else in ./.repwise/."""

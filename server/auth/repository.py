@@ -89,10 +89,6 @@ def revoke_sessions(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def get_throttle(session: Session, email_key: str) -> LoginThrottle | None:
-    return session.get(LoginThrottle, email_key)
-
-
 def get_throttle_for_update(session: Session, email_key: str) -> LoginThrottle | None:
     return session.scalars(
         select(LoginThrottle).where(LoginThrottle.email_key == email_key).with_for_update()

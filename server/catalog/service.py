@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -17,7 +15,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from client_sdk import features
-from server import idempotency
+from server import idempotency, paging
 from server.auth.models import User
 from server.auth.service import AuthService
 from server.catalog import repository as repo
@@ -202,27 +200,20 @@ def _filter_digest(f: repo.ExerciseFilter) -> str:
 
 
 def encode_page_token(f: repo.ExerciseFilter, last: Exercise) -> str:
-    raw = json.dumps({"k": last.name_key, "i": last.id, "f": _filter_digest(f)}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return paging.encode_token({"k": last.name_key, "i": last.id, "f": _filter_digest(f)})
 
 
 def decode_page_token(f: repo.ExerciseFilter, token: str) -> tuple[str, str] | None:
     if not token:
         return None
+    data = paging.decode_token(token)
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, last_id, digest = data["k"], data["i"], data["f"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidArgument("page_token", "is not a token from a previous response") from None
+    except KeyError:
+        raise InvalidArgument("page_token", paging.NOT_OURS) from None
     if digest != _filter_digest(f):
         raise InvalidArgument("page_token", "was issued for other filters; start again without it")
     return str(key), str(last_id)
-
-
-def check_page_size(page_size: int) -> int:
-    if page_size < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -243,7 +234,7 @@ class CatalogService:
     def list(
         self, make_filter: Callable[[str], repo.ExerciseFilter], page_size: int, page_token: str
     ) -> Page:
-        limit = check_page_size(page_size)
+        limit = paging.limit("page_size", page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
         def work(s: Session) -> Page:
             f = make_filter(self.auth.current_user(s).id)

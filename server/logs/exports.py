@@ -21,9 +21,8 @@ from server.catalog.service import spec_of
 from server.db import Database
 from server.errors import InvalidArgument, NotFound
 from server.logs import repository as repo
-from server.logs.service import KG_PER_LB, SetData, WorkoutView, views_of
+from server.logs.service import KG_PER_LB, M_PER_MILE, SetData, WorkoutView, views_of
 
-M_PER_MILE = 1609.344
 CHUNK_BYTES = 64 * 1024
 STRONG_COLUMNS = (
     "Date",

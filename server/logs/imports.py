@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from server.logs.service import KG_PER_LB, SetData
+from server.logs.service import KG_PER_LB, M_PER_MILE, SetData
 
 KINDS = ("strong", "hevy", "fitnotes")
-M_PER_MILE = 1609.344
 MAX_DURATION = timedelta(days=2)
 FUZZY_THRESHOLD = 0.85
 # A second candidate this close to the best makes a fuzzy match ambiguous.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import math
@@ -16,7 +14,7 @@ from typing import Any
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from server import idempotency
+from server import idempotency, paging
 from server.auth import repository as auth_repository
 from server.auth.models import User
 from server.auth.service import AuthService, iana_time_zones
@@ -35,6 +33,7 @@ from server.logs.models import Workout, WorkoutSet
 
 SET_KINDS = ("warmup", "normal", "drop", "failure")
 KG_PER_LB = 0.45359237
+M_PER_MILE = 1609.344
 MAX_EXERCISES = 100
 MAX_SETS = 100
 MAX_FUTURE = timedelta(days=1)
@@ -444,9 +443,7 @@ class LogService:
     def list_workouts(
         self, start: datetime | None, end: datetime | None, page_size: int, page_token: str
     ) -> tuple[list[WorkoutView], str]:
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        limit = paging.limit("page_size", page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = decode_page_token(page_token)
 
         def work(s: Session) -> tuple[list[WorkoutView], str]:
@@ -553,9 +550,7 @@ class LogService:
             raise InvalidArgument("upserts", f"at most {MAX_SYNC_ITEMS} workouts per call")
         if len(deletes) > MAX_SYNC_ITEMS:
             raise InvalidArgument("deletes", f"at most {MAX_SYNC_ITEMS} ids per call")
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
-        limit = min(page_size or DEFAULT_CHANGES, MAX_CHANGES)
+        limit = paging.limit("page_size", page_size, DEFAULT_CHANGES, MAX_CHANGES)
         after = decode_cursor(cursor)
 
         def work(s: Session) -> SyncOutcome:
@@ -643,9 +638,7 @@ class LogService:
     ) -> Iterator[list[HistoryEntry]]:
         """The caller's performed exercises in chunks. Each chunk is read in its own short
         transaction, so a stream the client abandons holds no connection."""
-        if chunk_size < 0:
-            raise InvalidArgument("chunk_size", "must not be negative")
-        limit = min(chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+        limit = paging.limit("chunk_size", chunk_size, DEFAULT_CHUNK, MAX_CHUNK)
 
         for i, ref in enumerate(exercise_refs):
             _check_text(f"exercise_ids[{i}]", ref)
@@ -739,18 +732,17 @@ class LogService:
 
 
 def encode_page_token(last: Workout) -> str:
-    raw = json.dumps({"t": last.started_at.isoformat(), "i": last.id}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return paging.encode_token({"t": last.started_at.isoformat(), "i": last.id})
 
 
 def decode_page_token(token: str) -> tuple[datetime, str] | None:
     if not token:
         return None
+    data = paging.decode_token(token)
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         moment, last_id = datetime.fromisoformat(data["t"]), str(uuid.UUID(data["i"]))
         if moment.tzinfo is None:
             raise ValueError("no zone")
         return moment, last_id
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-        raise InvalidArgument("page_token", "is not a token from a previous response") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InvalidArgument("page_token", paging.NOT_OURS) from None
