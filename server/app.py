@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from server.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterc
 from server.logs import repository as logs_repository
 from server.logs.service import LogService
 from server.logs.servicer import LogServicer
+from server.training.scheduler import TrainingWorker
+from server.training.service import BatchTrainer, TrainingService
 from server.training.servicer import TrainingServicer
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,20 @@ class RepwiseServer:
         self.auth = AuthService(self.db, settings, self.hasher, self.tokens, now)
         self.catalog = CatalogService(self.db, self.auth, now)
         self.logs = LogService(self.db, self.auth, now)
+        batch_trainer = BatchTrainer(self.db, now)
+        self.training = TrainingService(
+            self.db,
+            self.auth,
+            batch_trainer,
+            train_now_cooldown=timedelta(seconds=settings.train_now_cooldown_seconds),
+        )
+        self.trainer = TrainingWorker(
+            batch_trainer,
+            poll_seconds=settings.training_poll_seconds,
+            weekly=settings.training_scheduler,
+            retrain_after=timedelta(hours=settings.retrain_after_hours),
+            offline_after=timedelta(minutes=settings.offline_after_minutes),
+        )
         self.health = health.HealthServicer()
         self._health_check_seconds = health_check_seconds
         self._stopping = threading.Event()
@@ -119,7 +135,9 @@ class RepwiseServer:
             server,
         )
         log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs), server)
-        training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(), server)  # type: ignore[abstract]
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(self.training), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -177,6 +195,7 @@ class RepwiseServer:
             target=self._watch_database, name="repwise-health", daemon=True
         )
         self._monitor.start()
+        self.trainer.start()
         log.info("serving on %s:%s", self.settings.host, self.port)
         assert self.port is not None
         return self.port
@@ -188,6 +207,7 @@ class RepwiseServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        self.trainer.stop(timeout=self.settings.grace_seconds)
         if self._owns_db:
             self.db.dispose()
 

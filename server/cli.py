@@ -144,6 +144,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from server.db import Database, utcnow
+    from server.migrate import upgrade
+    from server.training.repository import Selection
+    from server.training.service import BatchTrainer
+
+    settings = _settings(args, need_secret=False)
+    db = Database(settings.database_url, pool_size=2)
+    try:
+        upgrade(db.engine)
+        trainer = BatchTrainer(db, utcnow)
+        with tqdm(unit="user", desc="training", disable=args.quiet) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            summary = trainer.run_batch(Selection(all_users=args.all), progress)
+    finally:
+        db.dispose()
+    assert summary.start_time is not None and summary.end_time is not None
+    seconds = (summary.end_time - summary.start_time).total_seconds()
+    print(
+        f"trained {summary.trained} users, {summary.failed} failed, "
+        f"{summary.skipped} skipped in {seconds:.1f} s"
+    )
+    for error in summary.errors[:5]:
+        print(f"  error: {error}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repwise", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("REPWISE_LOG_LEVEL", "INFO"))
@@ -203,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--unit", choices=["kg", "lb"], help="default: the user's preferred unit")
     export.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     export.set_defaults(func=cmd_export)
+
+    train = commands.add_parser(
+        "train", help="train users' recommendation models once (safe beside other trainers)"
+    )
+    which = train.add_mutually_exclusive_group()
+    which.add_argument(
+        "--all", action="store_true", help="every user with logs, and refit the population model"
+    )
+    which.add_argument(
+        "--stale", action="store_true", help="users with new logs since their model (default)"
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

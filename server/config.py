@@ -43,6 +43,12 @@ class Settings:
     max_workers: int = 16
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 10.0
+    # Training: the worker always serves TrainNow; the weekly sweep is opt-in.
+    training_scheduler: bool = False
+    training_poll_seconds: float = 30.0
+    retrain_after_hours: float = 7 * 24
+    offline_after_minutes: float = 6 * 60
+    train_now_cooldown_seconds: int = 600
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
 
@@ -64,7 +70,9 @@ class Settings:
                 continue
             kind = f.type if isinstance(f.type, str) else f.type.__name__
             try:
-                if kind.startswith("int"):
+                if kind.startswith("bool"):
+                    values[name] = _boolean(name, raw)
+                elif kind.startswith("int"):
                     values[name] = int(raw)
                 elif kind.startswith("float"):
                     values[name] = float(raw)
@@ -86,12 +94,23 @@ class Settings:
             raise ConfigError("REPWISE_JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("set both REPWISE_TLS_CERT_FILE and REPWISE_TLS_KEY_FILE, or neither")
+        if self.training_poll_seconds <= 0:
+            raise ConfigError("REPWISE_TRAINING_POLL_SECONDS must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError("REPWISE_PORT must be between 0 and 65535")
         try:
             make_url(self.database_url)
         except Exception as exc:
             raise ConfigError(f"REPWISE_DATABASE_URL is not a database URL: {exc}") from exc
+
+
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"REPWISE_{name.upper()}={raw!r} is not true or false")
 
 
 def secret_path_for(database_url: str) -> Path:

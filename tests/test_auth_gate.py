@@ -305,16 +305,3 @@ def test_reflection_needs_no_token(server, metadata):
         "grpc.reflection.v1alpha.ServerReflection",
     }
     assert found.file_descriptor_response.file_descriptor_proto
-
-
-# --- a valid token on a method not implemented yet ---------------------------------------
-
-
-@pytest.mark.parametrize(
-    "method",
-    ["/repwise.v1.TrainingService/GetModelBundle", "/repwise.v1.TrainingService/TrainNow"],
-)
-def test_unimplemented_method_names_itself(server, token, method):
-    error = rpc_error(invoke, server.channel, METHOD[method], metadata=bearer(token))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error.details()
-    assert method.lstrip("/") in error.details()

@@ -1,0 +1,218 @@
+"""TrainingService through the real server: batch training, bundles, TrainNow,
+status, admin RunBatch, claims, and crash safety of stored parameters."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import numpy as np
+import pytest
+
+from client_sdk.model import STATE_DIMENSIONS
+from repwise.v1 import log_pb2, training_pb2
+from server.catalog.sources import seed_default_catalog
+from server.training import repository as repo
+from server.training.models import TrainingState, UserModel
+from server.training.service import BatchTrainer
+from tests.conftest import bearer, error_info, make_admin, register, rpc_error
+
+PUSH = ["barbell-bench-press", "barbell-overhead-press", "cable-crossover", "bench-dip"]
+PULL = ["assisted-pull-up", "barbell-bent-over-row", "barbell-curl", "cable-curl"]
+LEGS = ["barbell-back-squat", "barbell-romanian-deadlift", "bulgarian-split-squat"]
+
+
+def log_routine(server, md, start: datetime, workouts: int = 30) -> None:
+    """A push/pull/legs routine, every other day, progressing on weight."""
+    for w in range(workouts):
+        m = log_pb2.Workout(id=str(uuid.uuid4()), title="ppl")
+        m.start_time.FromDatetime(start + timedelta(days=2 * w))
+        for slug in (PUSH, PULL, LEGS)[w % 3]:
+            performed = m.exercises.add(exercise_id=slug)
+            performed.sets.add(reps=10, weight=20, kind=log_pb2.SET_KIND_WARMUP)
+            performed.sets.add(reps=8, weight=50 + w)
+            performed.sets.add(reps=6, weight=55 + w)
+        server.logs.CreateWorkout(log_pb2.CreateWorkoutRequest(workout=m), metadata=md)
+
+
+@pytest.fixture
+def trained_user(server, clock):
+    now = clock.freeze(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    seed_default_catalog(server.server.db, clock)
+    md = bearer(register(server).access_token)
+    log_routine(server, md, now - timedelta(days=70))
+    return md
+
+
+def test_untrained_user_gets_the_population_bundle_then_their_own(server, trained_user):
+    md = trained_user
+    first = server.training.GetModelBundle(training_pb2.GetModelBundleRequest(), metadata=md)
+    assert first.bundle.is_population_model and not first.bundle.exercise_stats
+    status = server.training.GetTrainingStatus(
+        training_pb2.GetTrainingStatusRequest(), metadata=md
+    )
+    assert status.state == training_pb2.TRAINING_STATE_UNTRAINED
+
+    summary = server.server.training.trainer.run_batch(repo.Selection())
+    assert summary.trained == 1 and summary.failed == 0
+
+    r = server.training.GetModelBundle(training_pb2.GetModelBundleRequest(), metadata=md)
+    b = r.bundle
+    assert not b.is_population_model and b.model_version > 0
+    assert b.sample_count == 10 * (4 + 4 + 3) - 1  # every entry after the first
+    assert len(b.state_names) == STATE_DIMENSIONS == b.coefficients.rows
+    assert b.coefficients.cols == len(b.feature_names)
+    assert len(b.coefficients.values) == b.coefficients.rows * b.coefficients.cols
+    assert len(b.exercise_ids) == b.catalog_features.rows == len(b.exercise_names)
+    ids = {s.exercise_id for s in b.exercise_stats}
+    assert len(ids) == len(PUSH) + len(PULL) + len(LEGS)
+    bench_id = b.exercise_ids[list(b.exercise_names).index("Barbell Bench Press")]
+    bench = next(s for s in b.exercise_stats if s.exercise_id == bench_id)
+    # The heaviest working set of the last session (workout 27), not the warm-up.
+    assert bench.count == 10 and (bench.last_top_weight_kg, bench.last_top_reps) == (55 + 27, 6)
+    # What followed bench press: always the overhead press.
+    after_bench = [t for t in b.transitions if t.from_exercise_id == bench_id]
+    assert len(after_bench) == 1 and after_bench[0].count == 10
+    assert b.last_exercise_id and b.HasField("stats_time")
+    assert b.sequence_parameters.recovery_hours > 0 and b.weights.routine > 0
+
+    again = server.training.GetModelBundle(
+        training_pb2.GetModelBundleRequest(known_version=b.model_version), metadata=md
+    )
+    assert again.not_modified and not again.HasField("bundle")
+    status = server.training.GetTrainingStatus(
+        training_pb2.GetTrainingStatusRequest(), metadata=md
+    )
+    assert status.state == training_pb2.TRAINING_STATE_READY
+    assert status.model_version == b.model_version and status.sample_count == b.sample_count
+    assert "tune_mrr" in status.metrics
+
+
+def test_only_stale_users_retrain_and_versions_are_pruned(server, trained_user, clock):
+    trainer = server.server.training.trainer
+    assert trainer.run_batch(repo.Selection()).trained == 1
+    assert trainer.run_batch(repo.Selection()).trained == 0  # nothing new
+    for _ in range(4):
+        clock.advance(60)
+        assert trainer.run_batch(repo.Selection(all_users=True)).trained == 1
+    rows = server.server.db.run(
+        lambda s: s.query(UserModel.version).order_by(UserModel.version).all(), write=False
+    )
+    assert len(rows) == repo.KEEP_VERSIONS
+    current = server.server.db.run(
+        lambda s: s.query(TrainingState.current_version).scalar(), write=False
+    )
+    assert current == rows[-1][0]
+
+
+def test_train_now_queues_is_rate_limited_and_the_worker_trains(server, trained_user):
+    md = trained_user
+    r = server.training.TrainNow(training_pb2.TrainNowRequest(), metadata=md)
+    assert r.state == training_pb2.TRAINING_STATE_QUEUED and r.HasField("next_allowed_time")
+    error = rpc_error(server.training.TrainNow, training_pb2.TrainNowRequest(), metadata=md)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(error).reason == "TRAIN_NOW_RATE_LIMITED"
+    # The server's worker was woken by the request.
+    deadline = datetime.now(UTC) + timedelta(seconds=20)
+    while datetime.now(UTC) < deadline:
+        status = server.training.GetTrainingStatus(
+            training_pb2.GetTrainingStatusRequest(), metadata=md
+        )
+        if status.state == training_pb2.TRAINING_STATE_READY:
+            break
+    assert status.state == training_pb2.TRAINING_STATE_READY
+
+
+def test_train_now_without_history_is_a_precondition_failure(server):
+    md = bearer(register(server).access_token)
+    error = rpc_error(server.training.TrainNow, training_pb2.TrainNowRequest(), metadata=md)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(error).reason == "NO_HISTORY"
+
+
+def test_run_batch_is_for_admins(server, trained_user):
+    error = rpc_error(
+        server.training.RunBatch, training_pb2.RunBatchRequest(), metadata=trained_user
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    admin = bearer(make_admin(server).access_token)
+    r = server.training.RunBatch(training_pb2.RunBatchRequest(all_users=True), metadata=admin)
+    assert r.users_trained == 1 and r.users_failed == 0
+    assert r.end_time.ToDatetime() >= r.start_time.ToDatetime()
+
+
+def test_bad_known_version_names_the_field(server, trained_user):
+    error = rpc_error(
+        server.training.GetModelBundle,
+        training_pb2.GetModelBundleRequest(known_version=-1),
+        metadata=trained_user,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "known_version" in error.details()
+
+
+def test_users_claimed_by_a_live_worker_are_skipped_and_freed_after_a_crash(
+    server, trained_user, clock
+):
+    db = server.server.db
+    other = BatchTrainer(db, clock)
+    db.run(repo.ensure_states)
+    # Another worker claims the user, then dies without writing.
+    claimed = db.run(
+        lambda s: repo.claim(
+            s, other.worker_id, clock(), clock() + timedelta(minutes=30), repo.Selection(), 10
+        )
+    )
+    assert len(claimed) == 1
+    mine = server.server.training.trainer
+    assert mine.run_batch(repo.Selection()).trained == 0
+    clock.advance(31 * 60)  # the dead worker's lease runs out
+    assert mine.run_batch(repo.Selection()).trained == 1
+
+
+def test_a_failure_mid_write_leaves_the_previous_parameters_whole(
+    server, trained_user, monkeypatch
+):
+    trainer = server.server.training.trainer
+    trainer.run_batch(repo.Selection())
+    md = trained_user
+    before = server.training.GetModelBundle(training_pb2.GetModelBundleRequest(), metadata=md)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # The pointer switch fails after the new version's insert, in one transaction.
+    monkeypatch.setattr(repo, "write_models", _insert_then(crash))
+    summary = trainer.run_batch(repo.Selection(all_users=True))
+    assert summary.failed == 1 and "disk full" in summary.errors[0]
+    after = server.training.GetModelBundle(training_pb2.GetModelBundleRequest(), metadata=md)
+    assert after.bundle == before.bundle
+    versions = server.server.db.run(lambda s: s.query(UserModel).count(), write=False)
+    assert versions == 1
+    status = server.training.GetTrainingStatus(
+        training_pb2.GetTrainingStatusRequest(), metadata=md
+    )
+    assert status.state == training_pb2.TRAINING_STATE_FAILED and "disk full" in status.last_error
+
+
+def _insert_then(failure):
+    real = repo.write_models
+
+    def write(s, models, seqs):
+        from sqlalchemy import insert
+
+        s.execute(insert(UserModel), models)
+        failure()
+        real(s, models, seqs)
+
+    return write
+
+
+def test_coefficients_round_trip_through_storage(server, trained_user):
+    trainer = server.server.training.trainer
+    trainer.run_batch(repo.Selection())
+    b = server.training.GetModelBundle(
+        training_pb2.GetModelBundleRequest(), metadata=trained_user
+    ).bundle
+    w = np.array(b.coefficients.values).reshape(b.coefficients.rows, b.coefficients.cols)
+    assert np.isfinite(w).all() and np.abs(w).max() > 0
