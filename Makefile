@@ -22,7 +22,8 @@ $(BUF): package.json
 run: $(STAMP)
 	$(VENV)/bin/repwise serve
 
-test: $(STAMP)
+# node_modules too: tests/test_parity.py runs the JavaScript client (@grpc/grpc-js).
+test: $(STAMP) $(BUF)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)

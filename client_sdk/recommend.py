@@ -17,8 +17,13 @@ import numpy as np
 from client_sdk import features
 from client_sdk.model import (
     DAY,
+    FREQUENCY_HALF_LIFE_DAYS,
     RECENT_DAYS,
+    RECOVERY_HOURS,
+    ROUTINE_DECAY,
+    STATE_NAMES,
     TERM_NAMES,
+    TRANSITION_SMOOTHING,
     SequenceStats,
     Timeline,
     combine,
@@ -71,10 +76,14 @@ class LocalModel:
     @staticmethod
     def from_bundle(bundle: Any) -> LocalModel:
         """From a repwise.v1.ModelBundle message."""
-        if tuple(bundle.feature_names) != features.FEATURE_NAMES:
+        if (
+            tuple(bundle.feature_names) != features.FEATURE_NAMES
+            or tuple(bundle.state_names) != STATE_NAMES
+            or _parameters(bundle.sequence_parameters) != SEQUENCE_PARAMETERS
+        ):
             raise ValueError(
-                f"bundle feature schema {bundle.schema_version} does not match this SDK's "
-                f"{features.SCHEMA_VERSION}; upgrade the SDK"
+                f"bundle schema {bundle.schema_version} (features, state or sequence "
+                f"parameters) does not match this SDK's {features.SCHEMA_VERSION}; upgrade the SDK"
             )
         ids = list(bundle.exercise_ids)
         row = {exercise_id: i for i, exercise_id in enumerate(ids)}
@@ -193,14 +202,12 @@ class LocalModel:
         terms = score_terms(stats, last, candidates, start)
         terms[:, 2] = self.phi[candidates] @ predicted
         scores = combine(terms, self.weights)
-        top = candidates[np.argsort(-scores, kind="stable")[:k]]
-        by_row = {int(c): i for i, c in enumerate(candidates)}
         signs = np.array([1.0, 1.0, 1.0, 1.0, -1.0])
         out = []
-        for exercise in top:
-            i = by_row[int(exercise)]
+        for i in _top(scores, k):
+            exercise = int(candidates[i])
             contributions = terms[i] * self.weights * signs
-            weight, reps = _next_set(self.top_sets.get(int(exercise)))
+            weight, reps = _next_set(self.top_sets.get(exercise))
             out.append(
                 Recommendation(
                     exercise_id=self.ids[exercise],
@@ -241,6 +248,36 @@ class LocalModel:
             return "one of your regular exercises"
         fresh = "fresh muscles, " if terms[4] == 0 else ""
         return f"{fresh}similar to what you're predicted to want next"
+
+
+def _parameters(p: Any) -> tuple[float, ...]:
+    return (
+        p.routine_decay,
+        p.transition_smoothing,
+        p.frequency_half_life_days,
+        p.recovery_hours,
+        p.recent_days,
+    )
+
+
+# The constants client_sdk.model computes with; a bundle made with others is refused.
+SEQUENCE_PARAMETERS = (
+    ROUTINE_DECAY,
+    TRANSITION_SMOOTHING,
+    FREQUENCY_HALF_LIFE_DAYS,
+    RECOVERY_HOURS,
+    RECENT_DAYS,
+)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of the k best scores, best first; ties go to the lower index."""
+    if k < len(scores):
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        pool = np.flatnonzero(scores >= kth)
+    else:
+        pool = np.arange(len(scores))
+    return pool[np.lexsort((pool, -scores[pool]))][:k]
 
 
 def _seconds(ts: Any) -> float:

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import numpy as np
 import pytest
+from sqlalchemy import func
 
 from client_sdk.model import STATE_DIMENSIONS
-from repwise.v1 import log_pb2, training_pb2
+from repwise.v1 import auth_pb2, log_pb2, training_pb2
 from server.catalog.sources import seed_default_catalog
 from server.training import repository as repo
 from server.training.models import TrainingState, UserModel
@@ -216,3 +217,67 @@ def test_coefficients_round_trip_through_storage(server, trained_user):
     ).bundle
     w = np.array(b.coefficients.values).reshape(b.coefficients.rows, b.coefficients.cols)
     assert np.isfinite(w).all() and np.abs(w).max() > 0
+
+
+def test_the_weekly_sweep_takes_only_offline_users_with_new_logs(server, clock):
+    from server.training.scheduler import TrainingWorker
+
+    now = clock.freeze(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    seed_default_catalog(server.server.db, clock)
+    offline = register(server)
+    online = register(server)
+    for tokens in (offline, online):
+        log_routine(server, bearer(tokens.access_token), now - timedelta(days=70), workouts=6)
+    clock.advance(7 * 3600)
+    # One user's phone refreshes its session: they are online.
+    server.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=online.refresh_token))
+    worker = TrainingWorker(
+        server.server.training.trainer,
+        poll_seconds=60,
+        weekly=True,
+        retrain_after=timedelta(days=7),
+        offline_after=timedelta(hours=6),
+    )
+    worker.run_once()
+    trained = server.server.db.run(
+        lambda s: {r.user_id for r in s.query(UserModel.user_id)}, write=False
+    )
+    assert trained == {offline.user.id}
+    # A week on, the other user is offline too; the first has nothing new.
+    clock.advance(8 * 86400)
+    worker.run_once()
+    counts = server.server.db.run(
+        lambda s: sorted(
+            s.query(UserModel.user_id, func.count()).group_by(UserModel.user_id).all()
+        ),
+        write=False,
+    )
+    assert sorted(counts) == sorted([(offline.user.id, 1), (online.user.id, 1)])
+
+
+def test_repwise_train_command_trains_and_summarizes(server, trained_user, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPWISE_")}
+    env["REPWISE_DATABASE_URL"] = server.server.db.url
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "train", "--quiet"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trained 1 users, 0 failed, 0 skipped" in result.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "server.cli", "train", "--quiet"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "trained 0 users" in again.stdout

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 LAMBDA_GRID = np.logspace(-1, 3, 9)
-# Users are batched so that one batch's padded X stays about this large.
+# Users are batched by sample count, at most BATCH_USERS at a time (little
+# padding) and so that one batch's padded X stays about BATCH_VALUES large.
+BATCH_USERS = 16
 BATCH_VALUES = 4_000_000
 
 
@@ -60,7 +62,8 @@ def fit_users(
     lambdas = np.full(users, float(grid[-1]))
     loo = np.zeros(users)
     sizes = np.array([len(x) for x in xs], dtype=np.int64)
-    for batch in _batches(sizes, p):
+    widths = np.array([np.count_nonzero(np.any(x != 0, axis=0)) for x in xs], dtype=np.int64)
+    for batch in _batches(sizes, widths, p):
         w, lam, err = _fit_batch([xs[i] for i in batch], [ys[i] for i in batch], prior, grid)
         coefficients[batch] = w
         lambdas[batch] = lam
@@ -68,17 +71,18 @@ def fit_users(
     return RidgeFit(coefficients, lambdas, loo)
 
 
-def _batches(sizes: np.ndarray, p: int) -> Iterator[np.ndarray]:
-    """Users with samples, in batches of similar size bounded by BATCH_VALUES."""
-    order = np.argsort(sizes, kind="stable")
+def _batches(sizes: np.ndarray, widths: np.ndarray, p: int) -> Iterator[np.ndarray]:
+    """Users with samples, in batches of similar width (state columns used: the
+    eigendecomposition's size) and sample count, bounded by BATCH_VALUES."""
+    order = np.lexsort((sizes, widths))
     order = order[sizes[order] > 0]
     start = 0
     while start < len(order):
-        rows = int(sizes[order[start]])
         end = start + 1
+        rows = int(sizes[order[start]])
         while end < len(order):
-            rows = int(sizes[order[end]])
-            if (end - start + 1) * rows * p > BATCH_VALUES:
+            rows = max(rows, int(sizes[order[end]]))
+            if end - start >= BATCH_USERS or (end - start + 1) * rows * p > BATCH_VALUES:
                 break
             end += 1
         yield order[start:end]

@@ -15,6 +15,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -42,7 +43,7 @@ from server.training.codec import (
     encode_coefficients,
     encode_stats,
 )
-from server.training.fitting import fit_timelines, weight_grid
+from server.training.fitting import BatchResult, fit_timelines, weight_grid
 from server.training.models import PopulationModel, TrainingState, UserModel
 from server.training.ridge import fit_population
 
@@ -141,6 +142,20 @@ def _read_logs(s: Session, user_ids: list[str]) -> tuple[Any, dict[str, int]]:
     return repo.log_rows(s, user_ids), repo.change_seqs(s, user_ids)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    user_ids: list[str]
+    timeline: Timeline | None
+    seqs: dict[str, int]
+    error: Exception | None
+
+
+@dataclass(frozen=True)
+class _Written:
+    fit: BatchResult
+    written: int
+
+
 def _stats_times(tl: Timeline, user_ids: list[str]) -> np.ndarray:
     """Each user's statistics are as of their newest workout's start: a client adds
     the workouts that started after it."""
@@ -175,61 +190,86 @@ class BatchTrainer:
         cross = np.zeros((STATE_DIMENSIONS, features.DIMENSIONS))
         grid_rr = np.zeros(len(weight_grid()))
         steps = 0
-        after = ""
         done = 0
-        while True:
-            user_ids = self.db.run(
-                partial(self._claim, selection=selection, after=after), honour_deadline=False
-            )
-            if not user_ids:
-                break
-            after = user_ids[-1]
-            try:
-                rows, seqs = self.db.run(
-                    partial(_read_logs, user_ids=user_ids), write=False, honour_deadline=False
-                )
-                tl = timeline_of(rows, user_ids, table)
-                if population is None:
-                    population = self._bootstrap_population(tl, table)
-                result = fit_timelines(
-                    tl,
-                    len(user_ids),
-                    table.phi,
-                    population.coefficients,
-                    _stats_times(tl, user_ids),
-                )
-                models = self._model_rows(user_ids, result.users, population, table)
-                written = self.db.run(
-                    partial(self._write, models=models, seqs=seqs), honour_deadline=False
-                )
-                summary.trained += written
-                summary.skipped += len(user_ids) - written
-                gram += result.gram
-                cross += result.cross
-                grid_rr += result.grid_reciprocal_rank
-                steps += result.tuned_steps
-            except Exception as error:  # one chunk's failure must not stop the rest
-                log.exception("training failed for %d users", len(user_ids))
-                summary.failed += len(user_ids)
-                message = repr(error)
-                summary.errors.append(message)
-                self.db.run(
-                    partial(
-                        repo.release,
-                        worker=self.worker_id,
-                        user_ids=user_ids,
-                        error=message,
-                        now=self.now(),
-                    ),
-                    honour_deadline=False,
-                )
-            done += len(user_ids)
-            if progress is not None:
-                progress(done, max(total, done))
+        # The next chunk is claimed and read in a thread while this one is fitted:
+        # LAPACK releases the GIL, so reading and fitting overlap on two cores.
+        with ThreadPoolExecutor(1, thread_name_prefix="repwise-train-read") as reader:
+            pending = reader.submit(self._next_chunk, selection, "", table)
+            while True:
+                chunk = pending.result()
+                if chunk is None:
+                    break
+                pending = reader.submit(self._next_chunk, selection, chunk.user_ids[-1], table)
+                try:
+                    if chunk.error is not None:
+                        raise chunk.error
+                    assert chunk.timeline is not None
+                    if population is None:
+                        population = self._bootstrap_population(chunk.timeline, table)
+                    result = self._fit_and_write(chunk, population, table)
+                    summary.trained += result.written
+                    summary.skipped += len(chunk.user_ids) - result.written
+                    gram += result.fit.gram
+                    cross += result.fit.cross
+                    grid_rr += result.fit.grid_reciprocal_rank
+                    steps += result.fit.tuned_steps
+                except Exception as error:  # one chunk's failure must not stop the rest
+                    log.exception("training failed for %d users", len(chunk.user_ids))
+                    summary.failed += len(chunk.user_ids)
+                    message = repr(error)
+                    summary.errors.append(message)
+                    self.db.run(
+                        partial(
+                            repo.release,
+                            worker=self.worker_id,
+                            user_ids=chunk.user_ids,
+                            error=message,
+                            now=self.now(),
+                        ),
+                        honour_deadline=False,
+                    )
+                done += len(chunk.user_ids)
+                if progress is not None:
+                    progress(done, max(total, done))
         if selection.all_users and population is not None and summary.trained:
             self._refresh_population(population, gram, cross, grid_rr, steps, summary.trained)
         summary.end_time = self.now()
         return summary
+
+    def _next_chunk(
+        self, selection: repo.Selection, after: str, table: FeatureTable
+    ) -> _Chunk | None:
+        """Claims the next users after `after` and reads their logs (None: no more)."""
+        user_ids = self.db.run(
+            partial(self._claim, selection=selection, after=after), honour_deadline=False
+        )
+        if not user_ids:
+            return None
+        try:
+            rows, seqs = self.db.run(
+                partial(_read_logs, user_ids=user_ids), write=False, honour_deadline=False
+            )
+            return _Chunk(user_ids, timeline_of(rows, user_ids, table), seqs, None)
+        except Exception as error:  # reported with the chunk, so its claims are released
+            return _Chunk(user_ids, None, {}, error)
+
+    def _fit_and_write(
+        self, chunk: _Chunk, population: Population, table: FeatureTable
+    ) -> _Written:
+        assert chunk.timeline is not None
+        tl = chunk.timeline
+        fit = fit_timelines(
+            tl,
+            len(chunk.user_ids),
+            table.phi,
+            population.coefficients,
+            _stats_times(tl, chunk.user_ids),
+        )
+        models = self._model_rows(chunk.user_ids, fit.users, population, table)
+        written = self.db.run(
+            partial(self._write, models=models, seqs=chunk.seqs), honour_deadline=False
+        )
+        return _Written(fit, written)
 
     def _claim(self, s: Session, selection: repo.Selection, after: str) -> list[str]:
         now = self.now()

@@ -1,0 +1,365 @@
+"""Training and recommendation benchmarks (issue 4), each a ratio to a baseline measured in the
+same run. `make bench` runs this after bench/run.py; it writes docs/benchmarks-training.md.
+
+  1. Trainer users/s: fitting synthetic users' ridge models (λ by LOO over the same grid) with
+     server.training.ridge.fit_users, and the whole per-user fit (ridge, weight tuning,
+     statistics: fitting.fit_timelines), against a scikit-learn loop of RidgeCV per user on the
+     same matrices.
+  2. Batch run: `BatchTrainer.run_batch` over synthetic users (default 10,000 with about 200
+     logged exercises each) from the database to stored parameters, on SQLite and PostgreSQL,
+     against merely reading the same log rows with the same query (the floor for any trainer).
+  3. SDK recommend p99 with the 873 free-exercise-db exercises as candidates, against the median
+     of the bare numpy scoring kernel (ŷ = sW, cosines, weighted sum, top-k) on the same arrays.
+
+Medians of repeated runs; the suite runs twice. Usage:
+    python bench/training.py [--users 10000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client_sdk import features  # noqa: E402
+from client_sdk.model import (  # noqa: E402
+    FREQUENCY_HALF_LIFE_DAYS,
+    RECENT_DAYS,
+    RECOVERY_HOURS,
+    ROUTINE_DECAY,
+    STATE_DIMENSIONS,
+    STATE_NAMES,
+    TRANSITION_SMOOTHING,
+    training_pairs,
+)
+from client_sdk.recommend import LocalModel  # noqa: E402
+from server.catalog.service import ExerciseSpec  # noqa: E402
+from server.catalog.sources import parse_free_exercise_db, seed_default_catalog  # noqa: E402
+from server.db import Database  # noqa: E402
+from server.migrate import upgrade  # noqa: E402
+from server.training import repository as repo  # noqa: E402
+from server.training import synthetic  # noqa: E402
+from server.training.fitting import fit_timelines  # noqa: E402
+from server.training.ridge import LAMBDA_GRID, fit_population, fit_users  # noqa: E402
+from server.training.service import BatchTrainer, _read_logs  # noqa: E402
+
+DOC = ROOT / "docs" / "benchmarks-training.md"
+PG_ADMIN_URL = os.environ.get(
+    "REPWISE_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+CATALOG = ROOT.parent / "shared" / "data" / "exercise-catalog" / "exercises.json"
+ROUNDS = 2
+WEEKS = 12  # about 200 logged exercises per synthetic user
+GOAL_TRAINER = 30.0
+GOAL_BATCH = 2.0
+GOAL_RECOMMEND = 10.0
+
+
+def median_of(run: Callable[[], float], reps: int) -> list[float]:
+    return [run() for _ in range(reps)]
+
+
+def timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+# --- 1. trainer against scikit-learn ------------------------------------------------------
+
+
+def trainer_vs_sklearn(users: int, reps: int) -> dict[str, object]:
+    from sklearn.linear_model import RidgeCV
+
+    people = synthetic.generate_users(users, seed=7, weeks=WEEKS)
+    table = synthetic.catalog_feature_table()
+    tl = synthetic.to_timeline(people, table)
+    x, y, rows = training_pairs(tl, table.phi)
+    owner = tl.user[rows]
+    cut = np.searchsorted(owner, np.arange(1, users))
+    xs, ys = np.split(x, cut), np.split(y, cut)
+    prior, _ = fit_population(x, y, np.random.default_rng(0))
+    refs = np.full(users, tl.time.max())
+
+    def sklearn_loop() -> None:
+        for xu, yu in zip(xs, ys, strict=True):
+            if len(xu) >= 2:
+                RidgeCV(alphas=LAMBDA_GRID, fit_intercept=False).fit(xu, yu - xu @ prior)
+
+    sk = median_of(lambda: timed(sklearn_loop), reps)
+    ridge = median_of(lambda: timed(lambda: fit_users(xs, ys, prior)), reps)
+    whole = median_of(lambda: timed(lambda: fit_timelines(tl, users, table.phi, prior, refs)), reps)
+    return {
+        "users": users,
+        "pairs_per_user": len(x) / users,
+        "sklearn_users_per_s": users / statistics.median(sk),
+        "ridge_users_per_s": users / statistics.median(ridge),
+        "trainer_users_per_s": users / statistics.median(whole),
+    }
+
+
+# --- 2. full batch run against reading the rows -----------------------------------------
+
+
+def batch_vs_read(url: str, users: int, reps: int) -> dict[str, object]:
+    db = Database(url, pool_size=4)
+    try:
+        upgrade(db.engine)
+        seed_default_catalog(db, lambda: datetime.now(UTC))
+        start = time.perf_counter()
+        ids = []
+        step = 1000
+        for first in range(0, users, step):
+            people = synthetic.generate_users(
+                min(step, users - first), seed=11, weeks=WEEKS, first=first
+            )
+            ids += synthetic.load_users(db, people)
+        load_s = time.perf_counter() - start
+        entries = db.run(
+            lambda s: s.execute(text("SELECT count(*) FROM workout_exercises")).scalar(),
+            write=False,
+        )
+        chunks = [sorted(ids)[i : i + 500] for i in range(0, len(ids), 500)]
+
+        def read_all() -> None:
+            for chunk in chunks:
+                db.run(lambda s, c=chunk: _read_logs(s, c), write=False)
+
+        read, batch = [], []
+        for _ in range(reps):
+            read.append(timed(read_all))
+            trainer = BatchTrainer(db, lambda: datetime.now(UTC))
+            start = time.perf_counter()
+            summary = trainer.run_batch(repo.Selection(all_users=True))
+            batch.append(time.perf_counter() - start)
+            assert summary.trained == users and not summary.failed, summary
+        return {
+            "users": users,
+            "entries": int(entries or 0),
+            "load_s": load_s,
+            "read_s": statistics.median(read),
+            "batch_s": statistics.median(batch),
+            "read_all_s": read,
+            "batch_all_s": batch,
+        }
+    finally:
+        db.dispose()
+
+
+def postgres_database() -> tuple[str, Callable[[], None]]:
+    name = f"repwise_bench_train_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+# --- 3. SDK recommend against the bare kernel -------------------------------------------
+
+
+def recommend_vs_kernel(calls: int) -> dict[str, object]:
+    from repwise.v1 import training_pb2
+
+    specs = [spec for _, spec in parse_free_exercise_db(json.loads(CATALOG.read_text()))]
+    phi = np.array([_encode(spec) for spec in specs])
+    n = len(phi)
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(STATE_DIMENSIONS, features.DIMENSIONS)) * 0.1
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    bundle = training_pb2.ModelBundle(
+        model_version=1,
+        schema_version=features.SCHEMA_VERSION,
+        feature_names=features.FEATURE_NAMES,
+        state_names=STATE_NAMES,
+        sequence_parameters=training_pb2.SequenceParameters(
+            routine_decay=ROUTINE_DECAY,
+            transition_smoothing=TRANSITION_SMOOTHING,
+            frequency_half_life_days=FREQUENCY_HALF_LIFE_DAYS,
+            recovery_hours=RECOVERY_HOURS,
+            recent_days=RECENT_DAYS,
+        ),
+        exercise_ids=ids,
+        exercise_names=[spec.name for spec in specs],
+    )
+    bundle.coefficients.rows, bundle.coefficients.cols = w.shape
+    bundle.coefficients.values.extend(w.ravel().tolist())
+    bundle.catalog_features.rows, bundle.catalog_features.cols = phi.shape
+    bundle.catalog_features.values.extend(phi.ravel().tolist())
+    bundle.weights.routine, bundle.weights.transition = 1.0, 0.5
+    bundle.weights.similarity, bundle.weights.frequency, bundle.weights.recency = 0.3, 0.2, 0.5
+    # A user with 40 exercises, a year of workouts of 6.
+    now = 1.79e9
+    own = rng.choice(n, 40, replace=False)
+    last = 0.0
+    for i, e in enumerate(own):
+        stat = bundle.exercise_stats.add(
+            exercise_id=ids[e], count=20, decayed_count=5.0 + i % 7, frequency=0.5
+        )
+        stat.last_time.seconds = int(now - 86400 * (1 + i % 9))
+        last = max(last, stat.last_time.seconds)
+        for d in rng.choice(own, 5, replace=False):
+            t = bundle.transitions.add(
+                from_exercise_id=ids[e], to_exercise_id=ids[d], count=3, last_index=i % 5 + 1
+            )
+            t.last_time.seconds = int(now - 86400 * (2 + i % 9))
+    bundle.stats_time.seconds = int(last)
+    bundle.last_exercise_id = ids[own[0]]
+    model = LocalModel.from_bundle(bundle)
+    current = [ids[own[1]], ids[own[2]]]
+
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        model.recommend(10, current, now=now)
+        latencies.append(time.perf_counter() - start)
+
+    state = rng.random(STATE_DIMENSIONS)
+    terms = rng.random((n, 5))
+    weights = np.array([1.0, 0.5, 0.3, 0.2, -0.5])
+
+    def kernel() -> None:
+        y = state @ w
+        y /= np.linalg.norm(y)
+        terms[:, 2] = phi @ y
+        scores = terms @ weights
+        top = np.argpartition(-scores, 10)[:10]
+        top[np.argsort(-scores[top])]
+
+    kernel_times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        kernel()
+        kernel_times.append(time.perf_counter() - start)
+    return {
+        "candidates": n,
+        "recommend_p50_ms": 1e3 * float(np.percentile(latencies, 50)),
+        "recommend_p99_ms": 1e3 * float(np.percentile(latencies, 99)),
+        "kernel_median_ms": 1e3 * statistics.median(kernel_times),
+    }
+
+
+def _encode(spec: ExerciseSpec) -> np.ndarray:
+    return features.encode(
+        features.ExerciseTraits(
+            primary_muscles=spec.primary_muscles,
+            secondary_muscles=spec.secondary_muscles,
+            equipment=spec.equipment,
+            mechanic=spec.mechanic,
+            force=spec.force,
+            level=spec.level,
+            category=spec.category,
+        )
+    )
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=10_000, help="users in the batch run")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else ROUNDS
+    fit_users_n = 100 if args.quick else 500
+    batch_users = min(args.users, 500) if args.quick else args.users
+    results: list[dict[str, object]] = []
+    for round_ in range(1, rounds + 1):
+        print(f"round {round_}: trainer vs scikit-learn", flush=True)
+        trainer = trainer_vs_sklearn(fit_users_n, reps=3)
+        print(f"round {round_}: recommend vs kernel", flush=True)
+        rec = recommend_vs_kernel(2000)
+        batches = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"round {round_}: batch run on SQLite ({batch_users} users)", flush=True)
+            batches["sqlite"] = batch_vs_read(f"sqlite:///{tmp}/bench.db", batch_users, reps=2)
+        url, drop = postgres_database()
+        try:
+            print(f"round {round_}: batch run on PostgreSQL ({batch_users} users)", flush=True)
+            batches["postgresql"] = batch_vs_read(url, batch_users, reps=2)
+        finally:
+            drop()
+        results.append({"trainer": trainer, "recommend": rec, "batch": batches})
+        print(json.dumps(results[-1], indent=1, default=float), flush=True)
+    DOC.write_text(report(results, batch_users))
+    print(f"wrote {DOC}")
+    return 0
+
+
+def report(results: list[dict[str, object]], batch_users: int) -> str:
+    def each(path: Callable[[dict], float]) -> list[float]:
+        return [path(r) for r in results]
+
+    def fmt(values: list[float], digits: int = 1) -> str:
+        return " / ".join(f"{v:.{digits}f}" for v in values)
+
+    trainer = each(lambda r: r["trainer"]["trainer_users_per_s"])
+    ridge = each(lambda r: r["trainer"]["ridge_users_per_s"])
+    sk = each(lambda r: r["trainer"]["sklearn_users_per_s"])
+    p99 = each(lambda r: r["recommend"]["recommend_p99_ms"])
+    kernel = each(lambda r: r["recommend"]["kernel_median_ms"])
+    lines = [
+        "# Training and recommendation benchmarks",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} with `python bench/training.py` on "
+        f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}. Every figure is a ratio to a baseline measured in the same "
+        f"run; each round's value is given (round 1 / round 2), each the median of its "
+        f"repetitions.",
+        "",
+        "| Benchmark | Ours | Baseline | Ratio | Goal |",
+        "| --- | --- | --- | --- | --- |",
+        f"| Trainer, ridge only (users/s) | {fmt(ridge)} | scikit-learn RidgeCV loop "
+        f"{fmt(sk)} | {fmt([a / b for a, b in zip(ridge, sk, strict=True)])}× | ≥ 30× |",
+        f"| Trainer, whole fit: ridge, weight tuning, statistics (users/s) | {fmt(trainer)} | "
+        f"{fmt(sk)} | {fmt([a / b for a, b in zip(trainer, sk, strict=True)])}× | ≥ 30× |",
+    ]
+    for name in ("sqlite", "postgresql"):
+        batch = each(lambda r, n=name: r["batch"][n]["batch_s"])
+        read = each(lambda r, n=name: r["batch"][n]["read_s"])
+        entries = results[0]["batch"][name]["entries"]  # type: ignore[index]
+        lines.append(
+            f"| Batch run, {batch_users:,} users, {entries:,} logged exercises, {name} (s) | "
+            f"{fmt(batch)} | reading the rows {fmt(read)} | "
+            f"{fmt([a / b for a, b in zip(batch, read, strict=True)])}× | ≤ 2× |"
+        )
+    lines.append(
+        f"| SDK recommend p99, 873 candidates (ms) | {fmt(p99, 3)} | numpy kernel median "
+        f"{fmt(kernel, 3)} | {fmt([a / b for a, b in zip(p99, kernel, strict=True)])}× | ≤ 10× |"
+    )
+    lines += [
+        "",
+        "Raw results:",
+        "",
+        "```json",
+        json.dumps(results, indent=1, default=float),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
