@@ -176,6 +176,8 @@ def sequence_stats(tl: Timeline, ref_time: float) -> SequenceStats:
 def sequence_stats_by_user(tl: Timeline, ref_times: np.ndarray) -> list[SequenceStats]:
     """Statistics of each user of a timeline (in order of appearance), each as of
     its ref_times entry."""
+    if not len(tl):
+        return []
     users, user_of = np.unique(tl.user, return_inverse=True)
     ref = np.asarray(ref_times, dtype=np.float64)[user_of]
     weights = np.exp2(-(ref - tl.time) / (FREQUENCY_HALF_LIFE_DAYS * DAY))

@@ -30,6 +30,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.migrate import upgrade
 
     settings = _settings(args)
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.workers > 1:
+        from server.prefork import serve_workers
+
+        return serve_workers(settings, args.workers)
     db = Database(settings.database_url, pool_size=settings.max_workers)
     upgrade(db.engine)
     server = RepwiseServer(settings, db=db)
@@ -177,6 +183,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from server.training import evaluation
+
+    fraction = args.test_fraction
+    if args.synthetic is not None:
+        report = evaluation.evaluate_synthetic(
+            args.synthetic, args.seed, weeks=args.weeks, test_fraction=fraction
+        )
+    else:
+        from server.catalog.sources import seed_default_catalog
+        from server.db import Database, utcnow
+        from server.migrate import upgrade
+
+        db = Database(_settings(args, need_secret=False).database_url, pool_size=1)
+        try:
+            upgrade(db.engine)
+            if args.user:
+                report = evaluation.evaluate_user(db, args.user, test_fraction=fraction)
+            else:
+                seed_default_catalog(db, utcnow)
+                kind, path = args.import_file
+                report = evaluation.evaluate_import(
+                    db, kind, path, unit=args.unit, time_zone=args.time_zone, test_fraction=fraction
+                )
+        finally:
+            db.dispose()
+    print(json.dumps(report.to_json(), indent=2) if args.json else evaluation.format_table(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repwise", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("REPWISE_LOG_LEVEL", "INFO"))
@@ -186,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or REPWISE_HOST)")
     serve.add_argument(
         "--port", type=int, help="port (default 50051, or REPWISE_PORT; 0 picks one)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), each with its own gRPC "
+        "server and database pool (default 1)",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -249,6 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    eval_ = commands.add_parser(
+        "eval", help="replay histories: hit@1/5/10 and MRR of the recommender and of baselines"
+    )
+    source = eval_.add_mutually_exclusive_group(required=True)
+    source.add_argument("--user", metavar="EMAIL", help="a user in the database")
+    source.add_argument(
+        "--import",
+        dest="import_file",
+        nargs=2,
+        metavar=("{strong,hevy,fitnotes}", "FILE"),
+        help="an export file, parsed and matched as `repwise import` does; nothing is stored",
+    )
+    source.add_argument("--synthetic", type=int, metavar="N", help="N synthetic users")
+    eval_.add_argument("--seed", type=int, default=0, help="of the synthetic users (default 0)")
+    eval_.add_argument("--weeks", type=int, default=26, help="synthetic history length (26)")
+    eval_.add_argument(
+        "--test-fraction", type=float, default=0.25, help="share of each history replayed (0.25)"
+    )
+    eval_.add_argument("--unit", choices=["kg", "lb"], help="of an import file's bare weights")
+    eval_.add_argument("--time-zone", help="IANA zone of an import file's times (default UTC)")
+    eval_.add_argument("--json", action="store_true", help="print the results as JSON")
+    eval_.set_defaults(func=cmd_eval)
     return parser
 
 

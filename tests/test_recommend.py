@@ -64,7 +64,7 @@ def test_the_start_of_a_workout_follows_the_cycle(trained):
 
 
 def test_workouts_logged_after_training_count_at_once(trained):
-    sdk, ids, md = trained
+    sdk, ids, _ = trained
     bench, crossover = ids["barbell-bench-press"], ids["cable-crossover"]
 
     def crossover_after_bench():

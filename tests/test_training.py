@@ -50,9 +50,7 @@ def test_untrained_user_gets_the_population_bundle_then_their_own(server, traine
     md = trained_user
     first = server.training.GetModelBundle(training_pb2.GetModelBundleRequest(), metadata=md)
     assert first.bundle.is_population_model and not first.bundle.exercise_stats
-    status = server.training.GetTrainingStatus(
-        training_pb2.GetTrainingStatusRequest(), metadata=md
-    )
+    status = server.training.GetTrainingStatus(training_pb2.GetTrainingStatusRequest(), metadata=md)
     assert status.state == training_pb2.TRAINING_STATE_UNTRAINED
 
     summary = server.server.training.trainer.run_batch(repo.Selection())
@@ -82,9 +80,7 @@ def test_untrained_user_gets_the_population_bundle_then_their_own(server, traine
         training_pb2.GetModelBundleRequest(known_version=b.model_version), metadata=md
     )
     assert again.not_modified and not again.HasField("bundle")
-    status = server.training.GetTrainingStatus(
-        training_pb2.GetTrainingStatusRequest(), metadata=md
-    )
+    status = server.training.GetTrainingStatus(training_pb2.GetTrainingStatusRequest(), metadata=md)
     assert status.state == training_pb2.TRAINING_STATE_READY
     assert status.model_version == b.model_version and status.sample_count == b.sample_count
     assert "tune_mrr" in status.metrics
@@ -190,9 +186,7 @@ def test_a_failure_mid_write_leaves_the_previous_parameters_whole(
     assert after.bundle == before.bundle
     versions = server.server.db.run(lambda s: s.query(UserModel).count(), write=False)
     assert versions == 1
-    status = server.training.GetTrainingStatus(
-        training_pb2.GetTrainingStatusRequest(), metadata=md
-    )
+    status = server.training.GetTrainingStatus(training_pb2.GetTrainingStatusRequest(), metadata=md)
     assert status.state == training_pb2.TRAINING_STATE_FAILED and "disk full" in status.last_error
 
 

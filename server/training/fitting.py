@@ -18,6 +18,7 @@ from client_sdk.model import (
     states,
     training_pairs,
 )
+from server.training.ranking import target_ranks
 from server.training.replay import Candidates, step_terms, user_candidates
 from server.training.ridge import fit_users
 
@@ -29,21 +30,27 @@ MAX_SAMPLES = 1_000
 # population defaults stand.
 TUNE_STEPS = 40
 MIN_TUNE_STEPS = 12
+# Mean reciprocal rank a user's own weights must gain over the defaults.
+TUNE_MARGIN = 0.01
+# Scores this close tie: sums of the same counts in another order differ by rounding.
+TIE_TOLERANCE = 1e-9
 
 
-def weight_grid() -> np.ndarray:
+def weight_grid(defaults: np.ndarray = DEFAULT_WEIGHTS) -> np.ndarray:
     """Candidate score weights; the routine weight is fixed at 1 since only the
-    ranking matters. The population defaults come first, so ties keep them."""
+    ranking matters. The population defaults come first, so ties keep them.
+    Similarity goes up to the routine's weight: users whose days follow muscle
+    groups closely rank best with it there (`repwise eval --synthetic`)."""
     grid = np.array(
         [
             (1.0, t, s, f, d)
             for t in (0.0, 0.5, 1.5)
-            for s in (0.15, 0.5)
+            for s in (0.15, 0.5, 1.0)
             for f in (0.0, 0.4)
             for d in (0.0, 1.0)
         ]
     )
-    return np.vstack([DEFAULT_WEIGHTS, grid])
+    return np.vstack([defaults, grid])
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,17 @@ class BatchResult:
 
 
 def fit_timelines(
-    tl: Timeline, user_count: int, phi: np.ndarray, prior: np.ndarray, ref_times: np.ndarray
+    tl: Timeline,
+    user_count: int,
+    phi: np.ndarray,
+    prior: np.ndarray,
+    ref_times: np.ndarray,
+    default_weights: np.ndarray = DEFAULT_WEIGHTS,
 ) -> BatchResult:
     """Parameters for users 0..user_count-1 of tl (tl.user holds those numbers;
-    a user may have no entries), statistics as of ref_times."""
+    a user may have no entries), statistics as of ref_times. Users keep
+    default_weights (the population's) unless their own history clearly
+    ranks better with other weights."""
     x, y, rows = training_pairs(tl, phi)
     owner = tl.user[rows]
     # Keep each user's newest MAX_SAMPLES pairs.
@@ -91,10 +105,13 @@ def fit_timelines(
         prior,
     )
 
-    grid = weight_grid()
+    grid = weight_grid(default_weights)
     per_user_rr, per_user_steps, hit10 = _tune(tl, rows, phi, fit.coefficients, grid, user_count)
-    tuned = per_user_steps >= MIN_TUNE_STEPS
-    choice = np.where(tuned, np.argmax(per_user_rr, axis=1), 0)
+    best = np.argmax(per_user_rr, axis=1)
+    gain = per_user_rr[np.arange(user_count), best] - per_user_rr[:, 0]
+    # 40 steps are noisy: a user's own weights must beat the defaults clearly.
+    tuned = (per_user_steps >= MIN_TUNE_STEPS) & (gain >= TUNE_MARGIN * per_user_steps)
+    choice = np.where(tuned, best, 0)
     mrr = np.divide(
         per_user_rr[np.arange(user_count), choice],
         per_user_steps,
@@ -183,15 +200,12 @@ def _tune(
         phi[cands.exercise],
     )
 
-    target_row = np.flatnonzero(cands.target)
     rank = np.ones((len(queries), len(grid)))
     for g, weights in enumerate(grid):  # a short grid; each step runs over all rows
         scores = combine(terms, weights)
-        target_score = np.zeros(len(queries))
-        target_score[cands.query[target_row]] = scores[target_row]
-        against = target_score[cands.query]
-        ahead = (scores > against) + 0.5 * ((scores == against) & ~cands.target)
-        rank[:, g] += np.bincount(cands.query, weights=ahead, minlength=len(queries))
+        rank[:, g] = target_ranks(
+            cands.query, cands.target, scores, len(queries), tolerance=TIE_TOLERANCE
+        )
     reciprocal = np.where(rankable[:, None], 1.0 / rank, 0.0)
     hit = np.where(rankable[:, None], rank <= 10, False).astype(np.float64)
     per_user_rr = _sum_by(query_user, reciprocal, user_count)

@@ -33,11 +33,23 @@ class Candidates:
 
 
 def user_candidates(tl: Timeline, queries: np.ndarray) -> Candidates:
-    """For each queried entry j: every exercise its user ever did, except those
-    done earlier in j's workout (the recommender never repeats within a workout)."""
+    """For each queried entry j: the exercises its user did before j, and the one
+    done at j (new ones come from the catalog), except those done earlier in j's
+    workout (the recommender never repeats within a workout)."""
     every = user_candidates_all(tl, queries)
-    keep = ~_done_in_workout(tl, queries[every.query], every.exercise)
+    entry = queries[every.query]
+    keep = (every.target | _done_before(tl, entry, every.exercise)) & ~_done_in_workout(
+        tl, entry, every.exercise
+    )
     return Candidates(every.query[keep], every.exercise[keep], every.target[keep])
+
+
+def _done_before(tl: Timeline, entry: np.ndarray, exercise: np.ndarray) -> np.ndarray:
+    """Whether the user of entry did exercise before entry."""
+    keys, _ = _occurrences(tl)
+    key = _key(tl.user[entry], exercise, tl)
+    before = np.searchsorted(keys, key * len(tl) + entry, side="left")
+    return before > np.searchsorted(keys, key * len(tl), side="left")
 
 
 def _done_in_workout(tl: Timeline, entry: np.ndarray, exercise: np.ndarray) -> np.ndarray:

@@ -264,6 +264,7 @@ class BatchTrainer:
             table.phi,
             population.coefficients,
             _stats_times(tl, chunk.user_ids),
+            population.weights,
         )
         models = self._model_rows(chunk.user_ids, fit.users, population, table)
         written = self.db.run(
@@ -298,7 +299,9 @@ class BatchTrainer:
         """W0 from every pair of an all-users run; defaults from its tuned steps."""
         w0 = np.linalg.solve(gram + old.lam * np.eye(len(gram)), cross)
         weights = (
-            weight_grid()[int(np.argmax(grid_rr))] if steps >= MIN_POPULATION_STEPS else old.weights
+            weight_grid(old.weights)[int(np.argmax(grid_rr))]
+            if steps >= MIN_POPULATION_STEPS
+            else old.weights
         )
         population = Population(self._version(), w0, old.lam, weights)
         self.db.run(
