@@ -39,7 +39,7 @@ from grpc_status import rpc_status
 
 from client_sdk import frames
 from client_sdk.model import DAY, RECENT_DAYS
-from client_sdk.recommend import LocalModel, Recommendation
+from client_sdk.recommend import LocalModel, Recommendation, compatible
 from repwise.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -67,6 +67,7 @@ EQUIPMENT_NAMES = {
     for name, number in common_pb2.Equipment.items()
     if number
 }
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 5.0
@@ -240,10 +241,12 @@ class RepwiseClient:
         self.timeout = timeout
         self.retries = retries
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        # Model bundles of users with long, varied histories exceed gRPC's 4 MiB default.
+        options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
         channel = (
-            grpc.secure_channel(target, credentials)
+            grpc.secure_channel(target, credentials, options)
             if credentials is not None
-            else grpc.insecure_channel(target)
+            else grpc.insecure_channel(target, options)
         )
         self._channel = channel
         if interceptors:
@@ -760,6 +763,8 @@ class RepwiseClient:
         """The user's current bundle: downloaded only when the cached one is out of date, and
         the cached one when the server cannot be reached, so recommendations work offline."""
         cached = self.cached_model_bundle()
+        if cached is not None and not compatible(cached):
+            cached = None  # from an older SDK's schema: ask for a fresh bundle
         try:
             response = self.get_model_bundle(known_version=cached.model_version if cached else 0)
         except RepwiseError as error:

@@ -102,26 +102,25 @@ def _time_keys(tl: Timeline) -> np.ndarray:
     return (tl.user << 40) + seconds
 
 
-def states(tl: Timeline, phi: np.ndarray) -> np.ndarray:
-    """s_j, the state for predicting entry j from the same user's entries before it."""
+def states(tl: Timeline, phi: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """s_j, the state for predicting entry j from the same user's entries before
+    it, for every entry, or only for `rows` (a sorted index array)."""
     n = len(tl)
-    feats = phi[tl.exercise]
     cum = np.zeros((n + 1, DIMENSIONS))
-    np.cumsum(feats, axis=0, out=cum[1:])
-    out = np.zeros((n, STATE_DIMENSIONS))
-    index = np.arange(n)
+    np.cumsum(phi[tl.exercise], axis=0, out=cum[1:])
+    index = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(index), STATE_DIMENSIONS))
 
-    user_start = _group_starts(tl.user)
-    has_last = index > user_start
-    out[has_last, :DIMENSIONS] = feats[index[has_last] - 1]
+    has_last = index > _group_starts(tl.user)[index]
+    out[has_last, :DIMENSIONS] = phi[tl.exercise[index[has_last] - 1]]
 
-    workout_start = _group_starts(tl.user, tl.workout)
+    workout_start = _group_starts(tl.user, tl.workout)[index]
     done = index - workout_start
     sums = cum[index] - cum[workout_start]
     out[:, DIMENSIONS : 2 * DIMENSIONS] = sums / np.maximum(done, 1)[:, None]
 
     keys = _time_keys(tl)
-    window = np.searchsorted(keys, keys - int(RECENT_DAYS * DAY), side="left")
+    window = np.searchsorted(keys, keys[index] - int(RECENT_DAYS * DAY), side="left")
     window = np.minimum(window, workout_start)
     recent = workout_start - window
     sums = cum[workout_start] - cum[window]
@@ -130,11 +129,18 @@ def states(tl: Timeline, phi: np.ndarray) -> np.ndarray:
     return out
 
 
-def training_pairs(tl: Timeline, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_pairs(
+    tl: Timeline, phi: np.ndarray, newest: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, Y, rows): states and next-exercise features for every entry that has a
-    predecessor of the same user; rows are the entries' indexes."""
+    predecessor of the same user (only each user's `newest` such entries if
+    given); rows are the entries' indexes."""
     rows = np.flatnonzero(np.arange(len(tl)) > _group_starts(tl.user))
-    return states(tl, phi)[rows], phi[tl.exercise[rows]], rows
+    if newest is not None:
+        owner = tl.user[rows]
+        last = np.searchsorted(owner, owner, side="right")
+        rows = rows[last - np.arange(len(rows)) <= newest]
+    return states(tl, phi, rows), phi[tl.exercise[rows]], rows
 
 
 def predicted_features(state: np.ndarray, coefficients: np.ndarray) -> np.ndarray:

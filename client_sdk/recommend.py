@@ -32,6 +32,9 @@ from client_sdk.model import (
     states,
 )
 
+# Workouts starting after stats_time are new to the statistics; the server's
+# float seconds may differ from the Timestamp's by rounding.
+CUT_TOLERANCE_S = 0.001
 # Double progression: add reps up to the top of the range, then add weight.
 REP_RANGE = (6, 12)
 WEIGHT_STEP_KG = 2.5
@@ -76,11 +79,7 @@ class LocalModel:
     @staticmethod
     def from_bundle(bundle: Any) -> LocalModel:
         """From a repwise.v1.ModelBundle message."""
-        if (
-            tuple(bundle.feature_names) != features.FEATURE_NAMES
-            or tuple(bundle.state_names) != STATE_NAMES
-            or _parameters(bundle.sequence_parameters) != SEQUENCE_PARAMETERS
-        ):
+        if not compatible(bundle):
             raise ValueError(
                 f"bundle schema {bundle.schema_version} (features, state or sequence "
                 f"parameters) does not match this SDK's {features.SCHEMA_VERSION}; upgrade the SDK"
@@ -147,7 +146,7 @@ class LocalModel:
                 continue
             item = _Entry(_seconds(entry.workout_start_time), entry.workout_id, exercise)
             self.recent.append(item)
-            if item.time > self.stats.ref_time:
+            if item.time > self.stats.ref_time + CUT_TOLERANCE_S:
                 fresh.append(item)
             top = _top_set(entry.exercise.sets)
             if top is not None and item.time >= self._top_time(exercise):
@@ -248,6 +247,15 @@ class LocalModel:
             return "one of your regular exercises"
         fresh = "fresh muscles, " if terms[4] == 0 else ""
         return f"{fresh}similar to what you're predicted to want next"
+
+
+def compatible(bundle: Any) -> bool:
+    """Whether this SDK computes with the bundle's schema (features, state, parameters)."""
+    return (
+        tuple(bundle.feature_names) == features.FEATURE_NAMES
+        and tuple(bundle.state_names) == STATE_NAMES
+        and _parameters(bundle.sequence_parameters) == SEQUENCE_PARAMETERS
+    )
 
 
 def _parameters(p: Any) -> tuple[float, ...]:

@@ -65,6 +65,7 @@ class RepwiseServer:
         db: Database | None = None,
         now: Callable[[], datetime] = utcnow,
         health_check_seconds: float = HEALTH_CHECK_SECONDS,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         self.db = db or Database(settings.database_url, pool_size=settings.max_workers)
@@ -99,6 +100,9 @@ class RepwiseServer:
         )
         self.health = health.HealthServicer()
         self._health_check_seconds = health_check_seconds
+        # Only `serve --workers N` shares its port (SO_REUSEPORT); otherwise a second server
+        # on a taken port fails instead of silently splitting the traffic.
+        self._reuse_port = reuse_port
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self.port: int | None = None
@@ -107,8 +111,8 @@ class RepwiseServer:
     def _build(self) -> grpc.Server:
         options = [
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-            ("grpc.max_send_message_length", self.settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.max_send_message_length", self.settings.max_response_bytes),
+            ("grpc.so_reuseport", 1 if self._reuse_port else 0),
             # Above gRPC's default 8 KiB soft limit, oversized metadata is refused at random
             # with RESOURCE_EXHAUSTED; raised so our own checks answer (UNAUTHENTICATED).
             ("grpc.max_metadata_size", 32 * 1024),

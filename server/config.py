@@ -42,6 +42,8 @@ class Settings:
     login_max_lock_seconds: int = 15 * 60
     max_workers: int = 16
     max_message_bytes: int = 4 * 1024 * 1024
+    # Responses may be larger than requests: a heavy user's model bundle is several MiB.
+    max_response_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0
     # Training: the worker always serves TrainNow; the weekly sweep is opt-in.
     training_scheduler: bool = False
@@ -94,8 +96,17 @@ class Settings:
             raise ConfigError("REPWISE_JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("set both REPWISE_TLS_CERT_FILE and REPWISE_TLS_KEY_FILE, or neither")
-        if self.training_poll_seconds <= 0:
-            raise ConfigError("REPWISE_TRAINING_POLL_SECONDS must be positive")
+        for name in (
+            "training_poll_seconds",
+            "retrain_after_hours",
+            "offline_after_minutes",
+            "train_now_cooldown_seconds",
+        ):
+            value = float(getattr(self, name))
+            # Event.wait() overflows past about 292 years; a day of polling is plenty.
+            low = "above 0" if name == "training_poll_seconds" else "0 or more"
+            if not 0 <= value <= 10**7 or (name == "training_poll_seconds" and value == 0):
+                raise ConfigError(f"REPWISE_{name.upper()} must be a number {low}, up to 10000000")
         if not 0 <= self.port <= 65535:
             raise ConfigError("REPWISE_PORT must be between 0 and 65535")
         try:

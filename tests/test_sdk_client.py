@@ -29,7 +29,16 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from client_sdk import RepwiseClient, RepwiseError, Tokens
+from client_sdk.features import FEATURE_NAMES
 from client_sdk.frames import COLUMNS
+from client_sdk.model import (
+    FREQUENCY_HALF_LIFE_DAYS,
+    RECENT_DAYS,
+    RECOVERY_HOURS,
+    ROUTINE_DECAY,
+    STATE_NAMES,
+    TRANSITION_SMOOTHING,
+)
 from repwise.v1 import catalog_pb2, common_pb2, log_pb2, training_pb2, training_pb2_grpc
 from server.catalog.sources import seed_default_catalog
 from tests.conftest import PASSWORD, start_server
@@ -713,7 +722,16 @@ class FakeTraining(training_pb2_grpc.TrainingServiceServicer):
         self.bundle = training_pb2.ModelBundle(
             model_version=version,
             schema_version=1,
-            feature_names=["muscle:chest", "equipment:barbell"],
+            # This SDK's schema, so it keeps and uses the bundle.
+            feature_names=FEATURE_NAMES,
+            state_names=STATE_NAMES,
+            sequence_parameters=training_pb2.SequenceParameters(
+                routine_decay=ROUTINE_DECAY,
+                transition_smoothing=TRANSITION_SMOOTHING,
+                frequency_half_life_days=FREQUENCY_HALF_LIFE_DAYS,
+                recovery_hours=RECOVERY_HOURS,
+                recent_days=RECENT_DAYS,
+            ),
             coefficients=training_pb2.Matrix(rows=1, cols=2, values=[0.5, float(version)]),
             weights=training_pb2.ScoreWeights(routine=1.0, frequency=0.25),
             exercise_ids=["e1", "e2"],

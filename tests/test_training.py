@@ -3,6 +3,7 @@ status, admin RunBatch, claims, and crash safety of stored parameters."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -15,9 +16,9 @@ from client_sdk.model import STATE_DIMENSIONS
 from repwise.v1 import auth_pb2, log_pb2, training_pb2
 from server.catalog.sources import seed_default_catalog
 from server.training import repository as repo
-from server.training.models import TrainingState, UserModel
+from server.training.models import PopulationModel, TrainingState, UserModel
 from server.training.service import BatchTrainer
-from tests.conftest import bearer, error_info, make_admin, register, rpc_error
+from tests.conftest import PASSWORD, bearer, error_info, make_admin, register, rpc_error
 
 PUSH = ["barbell-bench-press", "barbell-overhead-press", "cable-crossover", "bench-dip"]
 PULL = ["assisted-pull-up", "barbell-bent-over-row", "barbell-curl", "cable-curl"]
@@ -111,13 +112,14 @@ def test_train_now_queues_is_rate_limited_and_the_worker_trains(server, trained_
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(error).reason == "TRAIN_NOW_RATE_LIMITED"
     # The server's worker was woken by the request.
-    deadline = datetime.now(UTC) + timedelta(seconds=20)
-    while datetime.now(UTC) < deadline:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         status = server.training.GetTrainingStatus(
             training_pb2.GetTrainingStatusRequest(), metadata=md
         )
         if status.state == training_pb2.TRAINING_STATE_READY:
             break
+        time.sleep(0.05)
     assert status.state == training_pb2.TRAINING_STATE_READY
 
 
@@ -193,12 +195,12 @@ def test_a_failure_mid_write_leaves_the_previous_parameters_whole(
 def _insert_then(failure):
     real = repo.write_models
 
-    def write(s, models, seqs):
+    def write(s, models, seqs, read_at):
         from sqlalchemy import insert
 
         s.execute(insert(UserModel), models)
         failure()
-        real(s, models, seqs)
+        real(s, models, seqs, read_at)
 
     return write
 
@@ -275,3 +277,132 @@ def test_repwise_train_command_trains_and_summarizes(server, trained_user, tmp_p
         timeout=120,
     )
     assert "trained 0 users" in again.stdout
+
+
+def test_train_now_during_a_fit_stays_queued_for_the_newer_logs(
+    server, trained_user, clock, monkeypatch
+):
+    import server.training.service as service_module
+
+    md = trained_user
+    server.server.trainer.stop()  # this test runs the batches itself
+    real_fit = service_module.fit_timelines
+
+    def fit_while_the_user_asks_again(*args, **kwargs):
+        clock.advance(1)
+        server.training.TrainNow(training_pb2.TrainNowRequest(), metadata=md)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "fit_timelines", fit_while_the_user_asks_again)
+    trainer = server.server.training.trainer
+    assert trainer.run_batch(repo.Selection()).trained == 1
+    monkeypatch.setattr(service_module, "fit_timelines", real_fit)
+    status = server.training.GetTrainingStatus(training_pb2.GetTrainingStatusRequest(), metadata=md)
+    assert status.state == training_pb2.TRAINING_STATE_QUEUED
+    assert trainer.run_batch(repo.Selection(queued_only=True)).trained == 1
+
+
+def test_a_user_whose_workouts_are_all_deleted_trains_without_failing(server, clock):
+    clock.freeze(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    seed_default_catalog(server.server.db, clock)
+    md = bearer(register(server).access_token)
+    m = log_pb2.Workout(id=str(uuid.uuid4()))
+    m.start_time.FromDatetime(clock() - timedelta(days=1))
+    m.exercises.add(exercise_id="barbell-bench-press").sets.add(reps=5, weight=60)
+    server.logs.CreateWorkout(log_pb2.CreateWorkoutRequest(workout=m), metadata=md)
+    server.logs.DeleteWorkout(log_pb2.DeleteWorkoutRequest(id=m.id), metadata=md)
+    trainer = server.server.training.trainer
+    summary = trainer.run_batch(repo.Selection())
+    assert (summary.trained, summary.failed) == (1, 0), summary.errors
+    assert trainer.run_batch(repo.Selection()).trained == 0  # no longer stale
+    b = server.training.GetModelBundle(training_pb2.GetModelBundleRequest(), metadata=md).bundle
+    assert not b.exercise_stats and not b.is_population_model
+
+
+def test_the_sdks_live_statistics_equal_a_retrain(server, trained_user, clock, tmp_path):
+    """Workouts logged after training, at times with microseconds, count once."""
+    from client_sdk import RepwiseClient
+    from client_sdk.recommend import LocalModel
+
+    trainer = server.server.training.trainer
+    trainer.run_batch(repo.Selection())
+    email = server.auth.GetMe(auth_pb2.GetMeRequest(), metadata=trained_user).user.email
+    with RepwiseClient(server.target, cache_dir=tmp_path) as sdk:
+        sdk.login(email, PASSWORD)
+        for hours, slug in ((30, "cable-crossover"), (5, "barbell-bench-press")):
+            m = log_pb2.Workout(id=str(uuid.uuid4()))
+            m.start_time.FromDatetime(clock() - timedelta(hours=hours, microseconds=-123_457))
+            m.exercises.add(exercise_id=slug).sets.add(reps=8, weight=40)
+            m.exercises.add(exercise_id="bench-dip").sets.add(reps=8)
+            sdk.create_workout(m)
+        live = sdk.local_model(clock().timestamp()).stats
+        clock.advance(1)
+        trainer.run_batch(repo.Selection())
+        fresh = LocalModel.from_bundle(sdk.fetch_model_bundle()).stats
+    assert fresh.ref_time > live.ref_time - 1e-3  # the retrain saw the new workouts
+    np.testing.assert_array_equal(live.exercise, fresh.exercise)
+    np.testing.assert_array_equal(live.count, fresh.count)
+    np.testing.assert_allclose(
+        live.decayed * 2 ** (-(fresh.ref_time - live.ref_time) / (30 * 86400)),
+        fresh.decayed,
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(live.transition_count, fresh.transition_count)
+    np.testing.assert_array_equal(live.transition_last_index, fresh.transition_last_index)
+
+
+def test_a_population_from_few_users_is_refitted_from_a_larger_run(server, clock):
+    clock.freeze(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    seed_default_catalog(server.server.db, clock)
+    first = bearer(register(server).access_token)
+    log_routine(server, first, clock() - timedelta(days=70))
+    trainer = server.server.training.trainer
+    trainer.run_batch(repo.Selection())
+    for _ in range(2):
+        log_routine(server, bearer(register(server).access_token), clock() - timedelta(days=70))
+    trainer.run_batch(repo.Selection())
+    counts = server.server.db.run(
+        lambda s: [
+            p.user_count for p in s.query(PopulationModel).order_by(PopulationModel.version)
+        ],
+        write=False,
+    )
+    assert counts == [1, 2]
+
+
+def test_a_trained_user_never_gets_not_modified_for_the_population_bundle(server, trained_user):
+    trainer = server.server.training.trainer
+    other = bearer(register(server).access_token)
+    log_routine(server, other, datetime(2026, 9, 1, tzinfo=UTC), workouts=9)
+    trainer.run_batch(repo.Selection(user_ids=None))  # both users; a population exists now
+    newcomer = bearer(register(server).access_token)
+    population = server.training.GetModelBundle(
+        training_pb2.GetModelBundleRequest(), metadata=newcomer
+    ).bundle
+    assert population.is_population_model
+    log_routine(server, newcomer, datetime(2026, 9, 1, tzinfo=UTC), workouts=9)
+    trainer.run_batch(repo.Selection())  # same frozen clock as the population's version
+    again = server.training.GetModelBundle(
+        training_pb2.GetModelBundleRequest(known_version=population.model_version),
+        metadata=newcomer,
+    )
+    assert not again.not_modified and not again.bundle.is_population_model
+
+
+def test_models_of_another_schema_are_ignored(server, trained_user, clock):
+    stale = PopulationModel(
+        version=1,
+        schema_version=0,
+        trained_at=clock(),
+        coefficients=b"\0" * 16,
+        lam=1.0,
+        weights=[1.0, 0, 0, 0, 0],
+        sample_count=1,
+        user_count=1,
+    )
+    server.server.db.run(lambda s: s.add(stale))
+    assert server.server.training.trainer.run_batch(repo.Selection()).trained == 1
+    b = server.training.GetModelBundle(
+        training_pb2.GetModelBundleRequest(), metadata=trained_user
+    ).bundle
+    assert not b.is_population_model and b.coefficients.rows == STATE_DIMENSIONS

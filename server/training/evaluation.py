@@ -369,7 +369,7 @@ def _rank_steps(
     target = cands.target[keep]
     cands = Candidates(query, exercise, target)
     terms = step_terms(tl, queries, cands)
-    predicted = _predicted(states(tl, phi)[queries], tl.user[queries], coefficients)
+    predicted = _predicted(states(tl, phi, queries), tl.user[queries], coefficients)
     for lo in range(0, len(query), BLOCK_ROWS):
         rows = slice(lo, lo + BLOCK_ROWS)
         terms[rows, 2] = np.einsum("ij,ij->i", predicted[query[rows]], phi[exercise[rows]])

@@ -87,14 +87,8 @@ def fit_timelines(
     a user may have no entries), statistics as of ref_times. Users keep
     default_weights (the population's) unless their own history clearly
     ranks better with other weights."""
-    x, y, rows = training_pairs(tl, phi)
+    x, y, rows = training_pairs(tl, phi, newest=MAX_SAMPLES)
     owner = tl.user[rows]
-    # Keep each user's newest MAX_SAMPLES pairs.
-    from_end = np.bincount(owner, minlength=user_count)[owner] - (
-        np.arange(len(rows)) - np.searchsorted(owner, owner, side="left")
-    )
-    keep = from_end <= MAX_SAMPLES
-    x, y, owner = x[keep], y[keep], owner[keep]
     samples = np.bincount(owner, minlength=user_count)
     cut = np.searchsorted(owner, np.arange(1, user_count))
     xs, ys = np.split(x, cut), np.split(y, cut)
@@ -196,7 +190,7 @@ def _tune(
     query_user = tl.user[queries]
     terms[:, 2] = np.einsum(
         "ij,ij->i",
-        _predicted(states(tl, phi)[queries], query_user, coefficients)[cands.query],
+        _predicted(states(tl, phi, queries), query_user, coefficients)[cands.query],
         phi[cands.exercise],
     )
 

@@ -8,7 +8,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Float,
+    Table,
     and_,
+    bindparam,
+    case,
     cast,
     delete,
     exists,
@@ -23,8 +26,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from client_sdk.model import MODEL_SCHEMA_VERSION
 from server.auth.models import AuthSession, User
 from server.catalog.models import Exercise
+from server.db import UTCDateTime
 from server.logs.models import ChangeCounter, Workout, WorkoutExercise, WorkoutSet
 from server.training.models import PopulationModel, TrainingState, UserModel
 
@@ -39,7 +44,8 @@ def _epoch(s: Session, column: Any) -> ColumnElement[float]:
     """A timestamp column as epoch seconds, computed by the database."""
     if _is_postgres(s):
         return cast(func.extract("epoch", column), Float)
-    return (func.julianday(column) - 2440587.5) * 86400.0
+    # SQLite keeps "YYYY-MM-DD HH:MM:SS.ffffff"; julianday() would round to milliseconds.
+    return cast(func.strftime("%s", column), Float) + cast(func.substr(column, 20, 7), Float)
 
 
 def ensure_states(s: Session) -> None:
@@ -194,9 +200,17 @@ def all_exercises(s: Session) -> Sequence[Any]:
 
 
 def latest_population(s: Session) -> PopulationModel | None:
+    """The newest population model of the current schema."""
     return s.scalars(
-        select(PopulationModel).order_by(PopulationModel.version.desc()).limit(1)
+        select(PopulationModel)
+        .where(PopulationModel.schema_version == MODEL_SCHEMA_VERSION)
+        .order_by(PopulationModel.version.desc())
+        .limit(1)
     ).first()
+
+
+def newest_population_version(s: Session) -> int:
+    return int(s.scalar(select(func.max(PopulationModel.version))) or 0)
 
 
 def population(s: Session, version: int) -> PopulationModel | None:
@@ -236,24 +250,37 @@ def held_claims(s: Session, worker: str, user_ids: Sequence[str]) -> dict[str, i
     return {user_id: version for user_id, version in s.execute(query)}
 
 
-def write_models(s: Session, models: list[dict[str, Any]], seqs: dict[str, int]) -> None:
+def write_models(
+    s: Session, models: list[dict[str, Any]], seqs: dict[str, int], read_at: datetime
+) -> None:
     """Inserts new versions, points the users at them, releases their claims,
-    and keeps each user's newest KEEP_VERSIONS versions."""
+    and keeps each user's newest KEEP_VERSIONS versions. A TrainNow queued
+    after the logs were read (at read_at) stays queued: it asked for newer logs."""
     if not models:
         return
     s.execute(insert(UserModel), models)
+    states = cast_table(TrainingState)
     s.execute(
-        update(TrainingState),
+        update(states)
+        .where(states.c.user_id == bindparam("uid"))
+        .values(
+            current_version=bindparam("version"),
+            trained_change_seq=bindparam("seq"),
+            claimed_by=None,
+            lease_until=None,
+            queued_at=case(
+                (states.c.queued_at <= bindparam("read_at", type_=UTCDateTime()), None),
+                else_=states.c.queued_at,
+            ),
+            last_error="",
+            failed_at=None,
+        ),
         [
             {
-                "user_id": m["user_id"],
-                "current_version": m["version"],
-                "trained_change_seq": seqs.get(m["user_id"], 0),
-                "claimed_by": None,
-                "lease_until": None,
-                "queued_at": None,
-                "last_error": "",
-                "failed_at": None,
+                "uid": m["user_id"],
+                "version": m["version"],
+                "seq": seqs.get(m["user_id"], 0),
+                "read_at": read_at,
             }
             for m in models
         ],
@@ -269,6 +296,13 @@ def write_models(s: Session, models: list[dict[str, Any]], seqs: dict[str, int])
     s.execute(
         delete(UserModel).where(UserModel.user_id.in_(user_ids), UserModel.version.not_in(keep))
     )
+
+
+def cast_table(model: type[Any]) -> Table:
+    """A mapped class's Table (typed as one, for Core statements)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def release(s: Session, worker: str, user_ids: Sequence[str], error: str, now: datetime) -> None:

@@ -98,6 +98,7 @@ class Population:
     coefficients: np.ndarray
     lam: float
     weights: np.ndarray
+    user_count: int
 
 
 def _population(model: PopulationModel | None) -> Population | None:
@@ -109,6 +110,7 @@ def _population(model: PopulationModel | None) -> Population | None:
         coefficients=w.reshape(STATE_DIMENSIONS, features.DIMENSIONS),
         lam=model.lam,
         weights=np.array(model.weights, dtype=np.float64),
+        user_count=model.user_count,
     )
 
 
@@ -148,6 +150,7 @@ class _Chunk:
     timeline: Timeline | None
     seqs: dict[str, int]
     error: Exception | None
+    read_at: datetime
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def _stats_times(tl: Timeline, user_ids: list[str]) -> np.ndarray:
     """Each user's statistics are as of their newest workout's start: a client adds
     the workouts that started after it."""
     times = np.zeros(len(user_ids))
-    times[tl.user] = tl.time  # sorted by time within a user: the last write wins
+    np.maximum.at(times, tl.user, tl.time)
     return times
 
 
@@ -231,7 +234,13 @@ class BatchTrainer:
                 done += len(chunk.user_ids)
                 if progress is not None:
                     progress(done, max(total, done))
-        if selection.all_users and population is not None and summary.trained:
+        # W0 is refitted from every run that saw more users than the current one
+        # (the first is bootstrapped from one chunk), and from every all-users run.
+        if (
+            population is not None
+            and summary.trained
+            and (selection.all_users or summary.trained > population.user_count)
+        ):
             self._refresh_population(population, gram, cross, grid_rr, steps, summary.trained)
         summary.end_time = self.now()
         return summary
@@ -245,13 +254,14 @@ class BatchTrainer:
         )
         if not user_ids:
             return None
+        read_at = self.now()
         try:
             rows, seqs = self.db.run(
                 partial(_read_logs, user_ids=user_ids), write=False, honour_deadline=False
             )
-            return _Chunk(user_ids, timeline_of(rows, user_ids, table), seqs, None)
+            return _Chunk(user_ids, timeline_of(rows, user_ids, table), seqs, None, read_at)
         except Exception as error:  # reported with the chunk, so its claims are released
-            return _Chunk(user_ids, None, {}, error)
+            return _Chunk(user_ids, None, {}, error, read_at)
 
     def _fit_and_write(
         self, chunk: _Chunk, population: Population, table: FeatureTable
@@ -268,7 +278,8 @@ class BatchTrainer:
         )
         models = self._model_rows(chunk.user_ids, fit.users, population, table)
         written = self.db.run(
-            partial(self._write, models=models, seqs=chunk.seqs), honour_deadline=False
+            partial(self._write, models=models, seqs=chunk.seqs, read_at=chunk.read_at),
+            honour_deadline=False,
         )
         return _Written(fit, written)
 
@@ -280,9 +291,10 @@ class BatchTrainer:
         """The first population model, from the first chunk's pairs."""
         x, y, _ = training_pairs(tl, table.phi)
         w0, lam = fit_population(x, y, np.random.default_rng(0))
-        population = Population(self._version(), w0, lam, DEFAULT_WEIGHTS.copy())
+        users = len(np.unique(tl.user))
+        population = Population(self._version(), w0, lam, DEFAULT_WEIGHTS.copy(), users)
         version = self.db.run(
-            lambda s: repo.add_population(s, self._population_row(population, len(x), 1)),
+            lambda s: repo.add_population(s, self._population_row(population, len(x), users)),
             honour_deadline=False,
         )
         return replace(population, version=version)
@@ -303,7 +315,7 @@ class BatchTrainer:
             if steps >= MIN_POPULATION_STEPS
             else old.weights
         )
-        population = Population(self._version(), w0, old.lam, weights)
+        population = Population(self._version(), w0, old.lam, weights, users)
         self.db.run(
             lambda s: repo.add_population(
                 s, self._population_row(population, round(gram[-1, -1]), users)
@@ -350,15 +362,20 @@ class BatchTrainer:
             for user_id, p in zip(user_ids, users, strict=True)
         ]
 
-    def _write(self, s: Session, models: list[dict[str, Any]], seqs: dict[str, int]) -> int:
+    def _write(
+        self, s: Session, models: list[dict[str, Any]], seqs: dict[str, int], read_at: datetime
+    ) -> int:
         held = repo.held_claims(s, self.worker_id, [m["user_id"] for m in models])
+        # Above every population version too: a client caching the population
+        # bundle must never get "not modified" for its first own model.
+        floor = repo.newest_population_version(s) + 1
         kept = []
         for m in models:
             if m["user_id"] not in held:
                 continue  # our lease ran out and someone else took the user
             current = held[m["user_id"]] or 0
-            kept.append({**m, "version": max(m["version"], current + 1)})
-        repo.write_models(s, kept, seqs)
+            kept.append({**m, "version": max(m["version"], current + 1, floor)})
+        repo.write_models(s, kept, seqs, read_at)
         return len(kept)
 
 
@@ -451,6 +468,8 @@ class TrainingService:
                 if st and st.current_version
                 else None
             )
+            if model is not None and model.schema_version != MODEL_SCHEMA_VERSION:
+                model = None  # trained for another schema: the population serves until retrained
             if model is not None:
                 if known_version and known_version == model.version:
                     return None
@@ -461,7 +480,7 @@ class TrainingService:
                 if known_version and known_version == version:
                     return None
             population = _population(pop_row) or Population(
-                0, np.zeros((STATE_DIMENSIONS, features.DIMENSIONS)), 0.0, DEFAULT_WEIGHTS.copy()
+                0, np.zeros((STATE_DIMENSIONS, features.DIMENSIONS)), 0.0, DEFAULT_WEIGHTS.copy(), 0
             )
             table = load_feature_table(s)
             visible = [

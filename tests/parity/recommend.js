@@ -253,7 +253,8 @@ function observe(model, history) {
     const exercise = model.row.get(h.exercise_id);
     const entry = { time: h.workout_start, workout: h.workout_id, exercise };
     model.recent.push(entry);
-    if (entry.time > model.stats.refTime) fresh.push(entry);
+    // As the SDK: the server's float seconds may differ from the Timestamp's by rounding.
+    if (entry.time > model.stats.refTime + 0.001) fresh.push(entry);
   }
   if (fresh.length) {
     const newest = fresh.reduce((t, e) => Math.max(t, e.time), -Infinity);
