@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,19 @@ class ExerciseTraits:
     force: str | None = None
     level: str | None = None
     category: str | None = None
+
+
+def traits_of(exercise: Any) -> ExerciseTraits:
+    """The traits of anything with the catalog's attribute names (a row, a spec)."""
+    return ExerciseTraits(
+        primary_muscles=tuple(exercise.primary_muscles),
+        secondary_muscles=tuple(exercise.secondary_muscles),
+        equipment=exercise.equipment,
+        mechanic=exercise.mechanic,
+        force=exercise.force,
+        level=exercise.level,
+        category=exercise.category,
+    )
 
 
 def encode(traits: ExerciseTraits) -> np.ndarray:

@@ -46,6 +46,15 @@ FREQUENCY_HALF_LIFE_DAYS = 30.0
 RECOVERY_HOURS = 72.0
 DAY = 86_400.0
 
+# The constants above as the bundle's SequenceParameters carries them.
+SEQUENCE_PARAMETERS = {
+    "routine_decay": ROUTINE_DECAY,
+    "transition_smoothing": TRANSITION_SMOOTHING,
+    "frequency_half_life_days": FREQUENCY_HALF_LIFE_DAYS,
+    "recovery_hours": RECOVERY_HOURS,
+    "recent_days": RECENT_DAYS,
+}
+
 # Population defaults, in TERM_NAMES order; recency is subtracted.
 DEFAULT_WEIGHTS = np.array([1.0, 0.5, 0.3, 0.2, 0.5])
 

@@ -17,13 +17,10 @@ import numpy as np
 from client_sdk import features
 from client_sdk.model import (
     DAY,
-    FREQUENCY_HALF_LIFE_DAYS,
     RECENT_DAYS,
-    RECOVERY_HOURS,
-    ROUTINE_DECAY,
+    SEQUENCE_PARAMETERS,
     STATE_NAMES,
     TERM_NAMES,
-    TRANSITION_SMOOTHING,
     SequenceStats,
     Timeline,
     combine,
@@ -254,28 +251,11 @@ def compatible(bundle: Any) -> bool:
     return (
         tuple(bundle.feature_names) == features.FEATURE_NAMES
         and tuple(bundle.state_names) == STATE_NAMES
-        and _parameters(bundle.sequence_parameters) == SEQUENCE_PARAMETERS
+        and all(
+            getattr(bundle.sequence_parameters, name) == value
+            for name, value in SEQUENCE_PARAMETERS.items()
+        )
     )
-
-
-def _parameters(p: Any) -> tuple[float, ...]:
-    return (
-        p.routine_decay,
-        p.transition_smoothing,
-        p.frequency_half_life_days,
-        p.recovery_hours,
-        p.recent_days,
-    )
-
-
-# The constants client_sdk.model computes with; a bundle made with others is refused.
-SEQUENCE_PARAMETERS = (
-    ROUTINE_DECAY,
-    TRANSITION_SMOOTHING,
-    FREQUENCY_HALF_LIFE_DAYS,
-    RECOVERY_HOURS,
-    RECENT_DAYS,
-)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

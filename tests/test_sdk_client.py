@@ -32,12 +32,8 @@ from client_sdk import RepwiseClient, RepwiseError, Tokens
 from client_sdk.features import FEATURE_NAMES
 from client_sdk.frames import COLUMNS
 from client_sdk.model import (
-    FREQUENCY_HALF_LIFE_DAYS,
-    RECENT_DAYS,
-    RECOVERY_HOURS,
-    ROUTINE_DECAY,
+    SEQUENCE_PARAMETERS,
     STATE_NAMES,
-    TRANSITION_SMOOTHING,
 )
 from repwise.v1 import catalog_pb2, common_pb2, log_pb2, training_pb2, training_pb2_grpc
 from server.catalog.sources import seed_default_catalog
@@ -725,13 +721,7 @@ class FakeTraining(training_pb2_grpc.TrainingServiceServicer):
             # This SDK's schema, so it keeps and uses the bundle.
             feature_names=FEATURE_NAMES,
             state_names=STATE_NAMES,
-            sequence_parameters=training_pb2.SequenceParameters(
-                routine_decay=ROUTINE_DECAY,
-                transition_smoothing=TRANSITION_SMOOTHING,
-                frequency_half_life_days=FREQUENCY_HALF_LIFE_DAYS,
-                recovery_hours=RECOVERY_HOURS,
-                recent_days=RECENT_DAYS,
-            ),
+            sequence_parameters=training_pb2.SequenceParameters(**SEQUENCE_PARAMETERS),
             coefficients=training_pb2.Matrix(rows=1, cols=2, values=[0.5, float(version)]),
             weights=training_pb2.ScoreWeights(routine=1.0, frequency=0.25),
             exercise_ids=["e1", "e2"],

@@ -155,16 +155,7 @@ def spec_of(exercise: Exercise) -> ExerciseSpec:
 
 
 def feature_vector(exercise: Exercise) -> dict[str, float]:
-    traits = features.ExerciseTraits(
-        primary_muscles=tuple(exercise.primary_muscles),
-        secondary_muscles=tuple(exercise.secondary_muscles),
-        equipment=exercise.equipment,
-        mechanic=exercise.mechanic,
-        force=exercise.force,
-        level=exercise.level,
-        category=exercise.category,
-    )
-    return dict(features.sparse(features.encode(traits)))
+    return dict(features.sparse(features.encode(features.traits_of(exercise))))
 
 
 def etag(exercise: Exercise) -> str:

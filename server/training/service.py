@@ -71,16 +71,7 @@ def load_feature_table(s: Session) -> FeatureTable:
     rows = repo.all_exercises(s)
     phi = np.zeros((len(rows), features.DIMENSIONS))
     for i, r in enumerate(rows):
-        traits = features.ExerciseTraits(
-            primary_muscles=tuple(r.primary_muscles),
-            secondary_muscles=tuple(r.secondary_muscles),
-            equipment=r.equipment,
-            mechanic=r.mechanic,
-            force=r.force,
-            level=r.level,
-            category=r.category,
-        )
-        phi[i] = features.encode(traits)
+        phi[i] = features.encode(features.traits_of(r))
     ids = [r.id for r in rows]
     return FeatureTable(
         ids=ids,
@@ -488,9 +479,11 @@ class TrainingService:
                 for i, owner in enumerate(table.owners)
                 if not table.archived[i] and (owner is None or owner == user_id)
             ]
-            top_sets = repo.latest_top_sets(s, user_id)
+            make = partial(
+                Bundle, table=table, visible=visible, top_sets=repo.latest_top_sets(s, user_id)
+            )
             if model is None:
-                return Bundle(
+                return make(
                     version=population.version,
                     trained_at=None,
                     coefficients=population.coefficients,
@@ -501,14 +494,11 @@ class TrainingService:
                     sample_count=0,
                     metrics={},
                     population=True,
-                    table=table,
-                    visible=visible,
-                    top_sets=top_sets,
                 )
-            ids, stats = decode_stats(model.stats)
             if population.version != model.population_version:
                 raise NotFound("the population model this model was trained on is gone; retrain")
-            return Bundle(
+            ids, stats = decode_stats(model.stats)
+            return make(
                 version=model.version,
                 trained_at=model.trained_at,
                 coefficients=decode_coefficients(model.coefficients, population.coefficients),
@@ -519,9 +509,6 @@ class TrainingService:
                 sample_count=model.sample_count,
                 metrics={k: float(v) for k, v in model.metrics.items()},
                 population=False,
-                table=table,
-                visible=visible,
-                top_sets=top_sets,
             )
 
         return self.db.run(work, write=False)

@@ -8,14 +8,7 @@ import grpc
 import numpy as np
 
 from client_sdk import features
-from client_sdk.model import (
-    FREQUENCY_HALF_LIFE_DAYS,
-    RECENT_DAYS,
-    RECOVERY_HOURS,
-    ROUTINE_DECAY,
-    STATE_NAMES,
-    TRANSITION_SMOOTHING,
-)
+from client_sdk.model import SEQUENCE_PARAMETERS, STATE_NAMES
 from repwise.v1 import training_pb2, training_pb2_grpc
 from server.converters import timestamp
 from server.errors import InvalidArgument
@@ -58,13 +51,7 @@ def bundle_to_pb(b: Bundle) -> training_pb2.ModelBundle:
         sample_count=b.sample_count,
         metrics=b.metrics,
         is_population_model=b.population,
-        sequence_parameters=training_pb2.SequenceParameters(
-            routine_decay=ROUTINE_DECAY,
-            transition_smoothing=TRANSITION_SMOOTHING,
-            frequency_half_life_days=FREQUENCY_HALF_LIFE_DAYS,
-            recovery_hours=RECOVERY_HOURS,
-            recent_days=RECENT_DAYS,
-        ),
+        sequence_parameters=training_pb2.SequenceParameters(**SEQUENCE_PARAMETERS),
     )
     setattr(out, "lambda", b.lam)  # a Python keyword
     if b.trained_at is not None:
