@@ -43,8 +43,10 @@ typecheck: $(STAMP)
 check: proto-check lint typecheck test
 
 # Ratios against bare grpcio servers measured in the same run; writes docs/benchmarks.md.
+# Server benchmarks (docs/benchmarks.md), then training and recommendation (docs/benchmarks-training.md).
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/training.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
