@@ -8,6 +8,7 @@ same run. `make bench` runs this after bench/run.py; it writes docs/benchmarks-t
   2. Batch run: `BatchTrainer.run_batch` over synthetic users (default 10,000 with about 200
      logged exercises each) from the database to stored parameters, on SQLite and PostgreSQL,
      against merely reading the same log rows with the same query (the floor for any trainer).
+     The users are loaded once per database; each round measures both again.
   3. SDK recommend p99 with the 873 free-exercise-db exercises as candidates, against the median
      of the bare numpy scoring kernel (ŷ = sW, cosines, weighted sum, top-k) on the same arrays.
 
@@ -29,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import create_engine, text
@@ -39,17 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from client_sdk import features  # noqa: E402
 from client_sdk.model import (  # noqa: E402
-    FREQUENCY_HALF_LIFE_DAYS,
-    RECENT_DAYS,
-    RECOVERY_HOURS,
-    ROUTINE_DECAY,
+    SEQUENCE_PARAMETERS,
     STATE_DIMENSIONS,
     STATE_NAMES,
-    TRANSITION_SMOOTHING,
+    sequence_stats,
     training_pairs,
 )
 from client_sdk.recommend import LocalModel  # noqa: E402
-from server.catalog.service import ExerciseSpec  # noqa: E402
 from server.catalog.sources import parse_free_exercise_db, seed_default_catalog  # noqa: E402
 from server.db import Database  # noqa: E402
 from server.migrate import upgrade  # noqa: E402
@@ -65,7 +63,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 CATALOG = ROOT.parent / "shared" / "data" / "exercise-catalog" / "exercises.json"
 ROUNDS = 2
-WEEKS = 12  # about 200 logged exercises per synthetic user
+WEEKS = 14  # about 200 logged exercises per synthetic user
 GOAL_TRAINER = 30.0
 GOAL_BATCH = 2.0
 GOAL_RECOMMEND = 10.0
@@ -102,13 +100,27 @@ def trainer_vs_sklearn(users: int, reps: int) -> dict[str, object]:
             if len(xu) >= 2:
                 RidgeCV(alphas=LAMBDA_GRID, fit_intercept=False).fit(xu, yu - xu @ prior)
 
+    starts = np.r_[0, np.flatnonzero(np.diff(tl.user)) + 1, len(tl)]
+
+    def per_user_loop() -> None:
+        """What a trainer without batching does: each user alone, pairs, RidgeCV and
+        statistics (and no weight tuning, which only favours the loop)."""
+        for u in range(users):
+            part = tl.take(np.arange(starts[u], starts[u + 1]))
+            xu, yu, _ = training_pairs(part, table.phi)
+            if len(xu) >= 2:
+                RidgeCV(alphas=LAMBDA_GRID, fit_intercept=False).fit(xu, yu - xu @ prior)
+            sequence_stats(part, float(part.time[-1]))
+
     sk = median_of(lambda: timed(sklearn_loop), reps)
+    loop = median_of(lambda: timed(per_user_loop), reps)
     ridge = median_of(lambda: timed(lambda: fit_users(xs, ys, prior)), reps)
     whole = median_of(lambda: timed(lambda: fit_timelines(tl, users, table.phi, prior, refs)), reps)
     return {
         "users": users,
         "pairs_per_user": len(x) / users,
         "sklearn_users_per_s": users / statistics.median(sk),
+        "loop_users_per_s": users / statistics.median(loop),
         "ridge_users_per_s": users / statistics.median(ridge),
         "trainer_users_per_s": users / statistics.median(whole),
     }
@@ -117,49 +129,39 @@ def trainer_vs_sklearn(users: int, reps: int) -> dict[str, object]:
 # --- 2. full batch run against reading the rows -----------------------------------------
 
 
-def batch_vs_read(url: str, users: int, reps: int) -> dict[str, object]:
-    db = Database(url, pool_size=4)
-    try:
-        upgrade(db.engine)
-        seed_default_catalog(db, lambda: datetime.now(UTC))
-        start = time.perf_counter()
-        ids = []
-        step = 1000
-        for first in range(0, users, step):
-            people = synthetic.generate_users(
-                min(step, users - first), seed=11, weeks=WEEKS, first=first
-            )
-            ids += synthetic.load_users(db, people)
-        load_s = time.perf_counter() - start
-        entries = db.run(
-            lambda s: s.execute(text("SELECT count(*) FROM workout_exercises")).scalar(),
-            write=False,
+def load(db: Database, users: int) -> tuple[list[str], int, float]:
+    """Migrates, seeds and bulk-loads synthetic users: (ids, logged exercises, seconds)."""
+    upgrade(db.engine)
+    seed_default_catalog(db, lambda: datetime.now(UTC))
+    start = time.perf_counter()
+    ids = []
+    step = 1000
+    for first in range(0, users, step):
+        people = synthetic.generate_users(
+            min(step, users - first), seed=11, weeks=WEEKS, first=first
         )
-        chunks = [sorted(ids)[i : i + 500] for i in range(0, len(ids), 500)]
+        ids += synthetic.load_users(db, people)
+    entries = db.run(
+        lambda s: s.execute(text("SELECT count(*) FROM workout_exercises")).scalar(), write=False
+    )
+    return ids, int(entries or 0), time.perf_counter() - start
 
-        def read_all() -> None:
-            for chunk in chunks:
-                db.run(lambda s, c=chunk: _read_logs(s, c), write=False)
 
-        read, batch = [], []
-        for _ in range(reps):
-            read.append(timed(read_all))
-            trainer = BatchTrainer(db, lambda: datetime.now(UTC))
-            start = time.perf_counter()
-            summary = trainer.run_batch(repo.Selection(all_users=True))
-            batch.append(time.perf_counter() - start)
-            assert summary.trained == users and not summary.failed, summary
-        return {
-            "users": users,
-            "entries": int(entries or 0),
-            "load_s": load_s,
-            "read_s": statistics.median(read),
-            "batch_s": statistics.median(batch),
-            "read_all_s": read,
-            "batch_all_s": batch,
-        }
-    finally:
-        db.dispose()
+def batch_vs_read(db: Database, ids: list[str]) -> dict[str, float]:
+    """One batch run over every user, and one read of their log rows in the same chunks."""
+    chunks = [sorted(ids)[i : i + 500] for i in range(0, len(ids), 500)]
+
+    def read_all() -> None:
+        for chunk in chunks:
+            db.run(lambda s, c=chunk: _read_logs(s, c), write=False)
+
+    read = timed(read_all)
+    trainer = BatchTrainer(db, lambda: datetime.now(UTC))
+    start = time.perf_counter()
+    summary = trainer.run_batch(repo.Selection(all_users=True))
+    batch = time.perf_counter() - start
+    assert summary.trained == len(ids) and not summary.failed, summary
+    return {"read_s": read, "batch_s": batch}
 
 
 def postgres_database() -> tuple[str, Callable[[], None]]:
@@ -184,7 +186,7 @@ def recommend_vs_kernel(calls: int) -> dict[str, object]:
     from repwise.v1 import training_pb2
 
     specs = [spec for _, spec in parse_free_exercise_db(json.loads(CATALOG.read_text()))]
-    phi = np.array([_encode(spec) for spec in specs])
+    phi = np.array([features.encode(features.traits_of(spec)) for spec in specs])
     n = len(phi)
     rng = np.random.default_rng(3)
     w = rng.normal(size=(STATE_DIMENSIONS, features.DIMENSIONS)) * 0.1
@@ -194,13 +196,7 @@ def recommend_vs_kernel(calls: int) -> dict[str, object]:
         schema_version=features.SCHEMA_VERSION,
         feature_names=features.FEATURE_NAMES,
         state_names=STATE_NAMES,
-        sequence_parameters=training_pb2.SequenceParameters(
-            routine_decay=ROUTINE_DECAY,
-            transition_smoothing=TRANSITION_SMOOTHING,
-            frequency_half_life_days=FREQUENCY_HALF_LIFE_DAYS,
-            recovery_hours=RECOVERY_HOURS,
-            recent_days=RECENT_DAYS,
-        ),
+        sequence_parameters=training_pb2.SequenceParameters(**SEQUENCE_PARAMETERS),
         exercise_ids=ids,
         exercise_names=[spec.name for spec in specs],
     )
@@ -261,20 +257,6 @@ def recommend_vs_kernel(calls: int) -> dict[str, object]:
     }
 
 
-def _encode(spec: ExerciseSpec) -> np.ndarray:
-    return features.encode(
-        features.ExerciseTraits(
-            primary_muscles=spec.primary_muscles,
-            secondary_muscles=spec.secondary_muscles,
-            equipment=spec.equipment,
-            mechanic=spec.mechanic,
-            force=spec.force,
-            level=spec.level,
-            category=spec.category,
-        )
-    )
-
-
 # --- report ------------------------------------------------------------------------------
 
 
@@ -286,24 +268,32 @@ def main() -> int:
     rounds = 1 if args.quick else ROUNDS
     fit_users_n = 100 if args.quick else 500
     batch_users = min(args.users, 500) if args.quick else args.users
-    results: list[dict[str, object]] = []
-    for round_ in range(1, rounds + 1):
-        print(f"round {round_}: trainer vs scikit-learn", flush=True)
-        trainer = trainer_vs_sklearn(fit_users_n, reps=3)
-        print(f"round {round_}: recommend vs kernel", flush=True)
-        rec = recommend_vs_kernel(2000)
-        batches = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"round {round_}: batch run on SQLite ({batch_users} users)", flush=True)
-            batches["sqlite"] = batch_vs_read(f"sqlite:///{tmp}/bench.db", batch_users, reps=2)
+    results: list[dict[str, Any]] = [{"batch": {}} for _ in range(rounds)]
+    with tempfile.TemporaryDirectory() as tmp:
         url, drop = postgres_database()
         try:
-            print(f"round {round_}: batch run on PostgreSQL ({batch_users} users)", flush=True)
-            batches["postgresql"] = batch_vs_read(url, batch_users, reps=2)
+            for name, db_url in (("sqlite", f"sqlite:///{tmp}/bench.db"), ("postgresql", url)):
+                db = Database(db_url, pool_size=4)
+                try:
+                    print(f"loading {batch_users} users into {name}", flush=True)
+                    ids, entries, load_s = load(db, batch_users)
+                    print(f"  {entries} logged exercises in {load_s:.0f} s", flush=True)
+                    for round_ in range(rounds):
+                        print(f"round {round_ + 1}: batch run on {name}", flush=True)
+                        figures = batch_vs_read(db, ids)
+                        results[round_]["batch"][name] = {
+                            "users": batch_users, "entries": entries, **figures
+                        }  # fmt: skip
+                        print(f"  {figures}", flush=True)
+                finally:
+                    db.dispose()
         finally:
             drop()
-        results.append({"trainer": trainer, "recommend": rec, "batch": batches})
-        print(json.dumps(results[-1], indent=1, default=float), flush=True)
+    for round_ in range(rounds):
+        print(f"round {round_ + 1}: trainer vs scikit-learn, recommend vs kernel", flush=True)
+        results[round_]["trainer"] = trainer_vs_sklearn(fit_users_n, reps=3)
+        results[round_]["recommend"] = recommend_vs_kernel(2000)
+        print(json.dumps(results[round_], indent=1, default=float), flush=True)
     DOC.write_text(report(results, batch_users))
     print(f"wrote {DOC}")
     return 0
@@ -319,6 +309,7 @@ def report(results: list[dict[str, object]], batch_users: int) -> str:
     trainer = each(lambda r: r["trainer"]["trainer_users_per_s"])
     ridge = each(lambda r: r["trainer"]["ridge_users_per_s"])
     sk = each(lambda r: r["trainer"]["sklearn_users_per_s"])
+    loop = each(lambda r: r["trainer"]["loop_users_per_s"])
     p99 = each(lambda r: r["recommend"]["recommend_p99_ms"])
     kernel = each(lambda r: r["recommend"]["kernel_median_ms"])
     lines = [
@@ -335,7 +326,8 @@ def report(results: list[dict[str, object]], batch_users: int) -> str:
         f"| Trainer, ridge only (users/s) | {fmt(ridge)} | scikit-learn RidgeCV loop "
         f"{fmt(sk)} | {fmt([a / b for a, b in zip(ridge, sk, strict=True)])}× | ≥ 30× |",
         f"| Trainer, whole fit: ridge, weight tuning, statistics (users/s) | {fmt(trainer)} | "
-        f"{fmt(sk)} | {fmt([a / b for a, b in zip(trainer, sk, strict=True)])}× | ≥ 30× |",
+        f"per-user loop: pairs, RidgeCV, statistics {fmt(loop)} | "
+        f"{fmt([a / b for a, b in zip(trainer, loop, strict=True)])}× | ≥ 30× |",
     ]
     for name in ("sqlite", "postgresql"):
         batch = each(lambda r, n=name: r["batch"][n]["batch_s"])
