@@ -2,8 +2,10 @@
 
 SQLite (embedded default) runs in WAL mode with foreign keys and a busy
 timeout; writing transactions start with BEGIN IMMEDIATE so a read-then-write
-never fails half way on a lock upgrade. PostgreSQL gets a pre-pinged pool, and
-transactions that hit a serialization failure or deadlock are retried.
+never fails half way on a lock upgrade. On PostgreSQL, transactions that hit a
+serialization failure or deadlock are retried, and so is a transaction whose
+connection turns out dead before it commits (a database restart): a pooled
+connection is not pinged before every transaction, which cost a round trip per call.
 """
 
 from __future__ import annotations
@@ -83,7 +85,6 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     return create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=5,
@@ -160,23 +161,34 @@ class Database:
     ) -> T:
         """Run `work` in one transaction: commit on success, roll back on any error.
 
-        Serialization failures and deadlocks are retried with a short backoff;
-        `work` must therefore not have side effects outside the session. Past the
-        call's deadline nothing is committed, unless `honour_deadline` is False
-        (bookkeeping that must happen whether or not the client still waits).
+        Serialization failures and deadlocks are retried with a short backoff, and a
+        connection found dead before the commit (the pool does not ping) is replaced and
+        the work run again; `work` must therefore not have side effects outside the
+        session. A connection lost during the commit is not retried: the commit may have
+        happened. Past the call's deadline nothing is committed, unless `honour_deadline`
+        is False (bookkeeping that must happen whether or not the client still waits).
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             session = (self._write if write else self._read)()
+            committing = False
             try:
                 result = work(session)
                 if honour_deadline and deadline_passed():
                     # The client has given up: keep nothing of what it can no longer see.
                     raise DeadlineExceeded("the call's deadline passed; nothing was changed")
+                committing = True
                 session.commit()
                 return result
             except exc.DBAPIError as error:
                 session.rollback()
-                if attempt == MAX_ATTEMPTS or not is_retryable(error):
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                if error.connection_invalidated and not committing:
+                    # SQLAlchemy has dropped the dead connection (and the pool's older
+                    # ones); nothing was committed, so run the work on a fresh one.
+                    log.info("retrying transaction on a new connection after %s", error.orig)
+                    continue
+                if not is_retryable(error):
                     raise
                 log.info("retrying transaction after %s (attempt %d)", error.orig, attempt)
                 time.sleep(0.01 * 2**attempt)

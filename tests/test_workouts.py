@@ -274,6 +274,48 @@ def test_same_create_from_eight_threads_at_once_stores_one_row(seeded, db):
     assert rows(db, "workout_sets") == 2
 
 
+def test_racing_creates_of_one_id_or_one_request_id_store_one_workout(seeded, db):
+    """Creates that all find the id (or request_id) free before any commits: the primary
+    keys decide, and the losers answer as a retry or ALREADY_EXISTS, never INTERNAL."""
+
+    def outcome(call):  # type: ignore[no-untyped-def]
+        try:
+            return call().id
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[attr-defined]
+
+    token = register(seeded).access_token
+    same_id = workout()
+    variants = []
+    for reps in range(8):  # one id, eight contents
+        variant = log_pb2.Workout()
+        variant.CopyFrom(same_id)
+        variant.exercises[0].sets[0].reps = reps
+        variants.append(variant)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda v: outcome(lambda: create(seeded, token, v)), variants))
+    assert answers.count(same_id.id) == 1
+    assert answers.count(grpc.StatusCode.ALREADY_EXISTS) == 7
+    assert rows(db) == 1 and rows(db, "workout_sets") == 2
+
+    request_id = str(uuid.uuid4())
+    others = [workout() for _ in range(8)]  # one request_id, eight workouts
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(
+            pool.map(lambda w: outcome(lambda: create(seeded, token, w, request_id)), others)
+        )
+    stored = [a for a in answers if isinstance(a, str)]
+    assert len(stored) == 1 and stored[0] in {w.id for w in others}
+    assert answers.count(grpc.StatusCode.ALREADY_EXISTS) == 7
+    assert rows(db) == 2
+
+    # The change feed numbers every stored workout once, in order, without a duplicate.
+    with db.engine.connect() as conn:
+        seqs = conn.execute(text("SELECT change_seq FROM workouts ORDER BY change_seq")).scalars()
+        numbers = list(seqs)
+    assert len(set(numbers)) == len(numbers) == 2
+
+
 def test_same_id_with_other_content_is_already_exists_and_changes_nothing(seeded, db):
     token = register(seeded).access_token
     message = workout()

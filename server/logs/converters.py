@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from repwise.v1 import common_pb2, log_pb2
 from server.converters import enum_names, optional_timestamp, timestamp
 from server.errors import InvalidArgument
-from server.logs import stats
+from server.logs import stats, wire
+from server.logs.columns import HistoryColumns
+from server.logs.models import SET_KINDS
 from server.logs.service import (
     KG_PER_LB,
     HistoryEntry,
@@ -153,6 +157,62 @@ def history_entry_to_pb(entry: HistoryEntry, unit_name: str) -> log_pb2.HistoryE
     )
     performed_to_pb(entry.exercise, unit_name, message.exercise)
     return message
+
+
+# Set kinds by their index in SET_KINDS; the last element answers the index -1 (unknown).
+_KINDS_PB = np.array(
+    [SET_KIND_TO_PB[kind] for kind in SET_KINDS] + [log_pb2.SET_KIND_UNSPECIFIED], np.int32
+)
+
+
+def _weights_out(kg: np.ndarray, unit_name: str) -> np.ndarray:
+    """_weight_out of every weight, exactly (Python's round, not numpy's), computed once per
+    distinct weight: a chunk holds few."""
+    if not len(kg):
+        return kg
+    distinct, inverse = np.unique(kg, return_inverse=True)  # NaNs become one
+    converted = np.array([_weight_out(w, unit_name) for w in distinct.tolist()], np.float64)
+    return converted[inverse.reshape(-1)]
+
+
+_COLUMN = log_pb2.HistoryColumns.DESCRIPTOR.fields_by_name
+
+
+def history_columns_to_pb(
+    chunk: HistoryColumns, unit_name: str, out: log_pb2.HistoryColumns
+) -> log_pb2.HistoryColumns:
+    """A chunk in columns: the same values history_entry_to_pb gives its entries, with the
+    sentinels log.proto documents (-1, NaN) for measures not given. The numbers go in as
+    whole packed arrays (wire.py), the strings with extend."""
+    out.workout_ids.extend(chunk.workout_ids)
+    out.exercise_ids.extend(chunk.exercise_ids)
+    out.notes.extend(chunk.notes)
+    for exercise_id, name in chunk.exercise_names.items():
+        out.exercise_names[exercise_id] = name
+    duration = chunk.duration_s
+    # round() of each set's milliseconds, as performed_to_pb: both round half to even.
+    millis = np.where(np.isnan(duration), -1, np.rint(np.nan_to_num(duration) * 1000))
+
+    def number(name: str) -> int:
+        return int(_COLUMN[name].number)
+
+    out.MergeFromString(
+        b"".join(
+            (
+                wire.packed_varints(number("workout_start_unix_micros"), chunk.started_micros),
+                wire.packed_varints(number("positions"), chunk.positions),
+                wire.packed_varints(number("set_entries"), chunk.set_entries),
+                wire.packed_sint(number("reps"), chunk.reps),
+                wire.packed_doubles(number("weights"), _weights_out(chunk.weight_kg, unit_name)),
+                wire.packed_doubles(number("rpes"), chunk.rpe),
+                wire.packed_doubles(number("rirs"), chunk.rir),
+                wire.packed_sint(number("duration_millis"), millis),
+                wire.packed_doubles(number("distances_m"), chunk.distance_m),
+                wire.packed_varints(number("kinds"), _KINDS_PB[chunk.kinds]),
+            )
+        )
+    )
+    return out
 
 
 RECORD_KIND_FROM_PB, RECORD_KIND_TO_PB = enum_names(log_pb2.RecordKind, "RECORD_KIND_")

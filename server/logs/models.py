@@ -18,6 +18,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, UTCDateTime
 
+# The kinds a set may have, as stored; history columns carry a set's kind as its index here.
+SET_KINDS = ("warmup", "normal", "drop", "failure")
+
 
 class Workout(Base):
     """One training session. Keyed by (user, client-chosen id), so ids never leak across users."""

@@ -7,19 +7,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, delete, exists, insert, or_, select, tuple_, update
+import numpy as np
+from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from server.catalog.models import Exercise
-from server.logs.models import ChangeCounter, Workout, WorkoutExercise, WorkoutSet
+from server.logs.models import SET_KINDS, ChangeCounter, Workout, WorkoutExercise, WorkoutSet
+
+# Statements every create runs, built once: building one costs more than running it.
+_GET = select(Workout).where(
+    Workout.user_id == bindparam("user_id"), Workout.id == bindparam("workout_id")
+)
+_GET_FOR_UPDATE = _GET.with_for_update()
 
 
 def get(s: Session, user_id: str, workout_id: str, *, for_update: bool = False) -> Workout | None:
-    query = select(Workout).where(Workout.user_id == user_id, Workout.id == workout_id)
-    if for_update:
-        query = query.with_for_update()
-    return s.scalars(query).one_or_none()
+    parameters = {"user_id": user_id, "workout_id": workout_id}
+    return s.scalars(_GET_FOR_UPDATE if for_update else _GET, parameters).one_or_none()
 
 
 def list_page(
@@ -69,6 +74,79 @@ def children(
     return result
 
 
+_WORKOUT_COLUMNS = (
+    "user_id", "id", "title", "notes", "started_at", "ended_at", "time_zone", "content_hash",
+    "version", "change_seq", "created_at", "updated_at", "deleted_at",
+)  # fmt: skip
+_SET_ARRAYS = (
+    ("position", "int4"), ("set_index", "int4"), ("reps", "int4"), ("weight_kg", "float8"),
+    ("rpe", "float8"), ("rir", "float8"), ("duration_s", "float8"), ("distance_m", "float8"),
+    ("kind", "text"),
+)  # fmt: skip
+# PostgreSQL: a workout with its performed exercises and sets in one statement (one round
+# trip instead of three, or four with the change number), the children passed as arrays.
+# The foreign keys are checked at the end of the statement, when the workout row is there.
+_PG_ADD_CHILDREN = """
+, performed AS (
+    INSERT INTO workout_exercises (user_id, workout_id, position, exercise_id, notes)
+    SELECT %(w_user_id)s, %(w_id)s, e.position, e.exercise_id, e.notes
+    FROM unnest(%(e_position)s::int4[], %(e_exercise_id)s::text[], %(e_notes)s::text[])
+        AS e(position, exercise_id, notes)
+)
+INSERT INTO workout_sets (user_id, workout_id, {set_columns})
+SELECT %(w_user_id)s, %(w_id)s, x.*
+FROM unnest({set_arrays}) AS x
+""".format(
+    set_columns=", ".join(c for c, _ in _SET_ARRAYS),
+    set_arrays=", ".join(f"%(s_{c})s::{t}[]" for c, t in _SET_ARRAYS),
+)
+_PG_ADD_WORKOUT = {
+    # With the change number given (the caller holds the user's lock).
+    False: f"""
+WITH workout AS (
+    INSERT INTO workouts ({", ".join(_WORKOUT_COLUMNS)})
+    VALUES ({", ".join(f"%(w_{c})s" for c in _WORKOUT_COLUMNS)})
+)"""
+    + _PG_ADD_CHILDREN,
+    # Taking the next change number first: take_change_seq, in the same statement.
+    True: f"""
+WITH seq AS (
+    INSERT INTO change_counters (user_id, value) VALUES (%(w_user_id)s, 1)
+    ON CONFLICT (user_id) DO UPDATE SET value = change_counters.value + 1
+    RETURNING value
+), workout AS (
+    INSERT INTO workouts ({", ".join(_WORKOUT_COLUMNS)})
+    SELECT {", ".join("seq.value" if c == "change_seq" else f"%(w_{c})s" for c in _WORKOUT_COLUMNS)}
+    FROM seq
+)"""
+    + _PG_ADD_CHILDREN,
+}
+
+
+def add_workout(
+    s: Session,
+    values: dict[str, Any],
+    exercises: Sequence[dict[str, Any]],
+    sets: Sequence[dict[str, Any]],
+) -> None:
+    """Insert a workout row with its performed exercises and sets (through the tables: the
+    ORM's flush and bulk paths cost more than the statements). A change_seq of None takes
+    the user's next change number (take_change_seq: the user's lock until commit)."""
+    take = values["change_seq"] is None
+    if s.get_bind().dialect.name != "postgresql":
+        if take:
+            values = {**values, "change_seq": take_change_seq(s, values["user_id"])}
+        s.execute(insert(cast(Table, Workout.__table__)), [values])
+        add_children(s, exercises, sets)
+        return
+    parameters = {f"w_{column}": values[column] for column in _WORKOUT_COLUMNS}
+    for column in ("position", "exercise_id", "notes"):
+        parameters[f"e_{column}"] = [row[column] for row in exercises]
+    for column, _ in _SET_ARRAYS:
+        parameters[f"s_{column}"] = [row[column] for row in sets]
+    s.connection().exec_driver_sql(_PG_ADD_WORKOUT[take], parameters)
+
+
 def add_children(
     s: Session, exercises: Sequence[dict[str, Any]], sets: Sequence[dict[str, Any]]
 ) -> None:
@@ -103,20 +181,21 @@ def lock_changes(s: Session, user_id: str) -> None:
     s.execute(select(ChangeCounter.value).where(ChangeCounter.user_id == user_id).with_for_update())
 
 
+_TAKE_CHANGE_SEQ = {
+    name: dialect.insert(ChangeCounter)
+    .values(user_id=bindparam("user_id"), value=1)
+    .on_conflict_do_update(
+        index_elements=[ChangeCounter.user_id], set_={"value": ChangeCounter.value + 1}
+    )
+    .returning(ChangeCounter.value)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
 def take_change_seq(s: Session, user_id: str) -> int:
     """lock_changes and next_change_seq in one statement: an upsert that returns the number."""
-    dialect_insert = (
-        postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-    )
-    statement = (
-        dialect_insert(ChangeCounter)
-        .values(user_id=user_id, value=1)
-        .on_conflict_do_update(
-            index_elements=[ChangeCounter.user_id], set_={"value": ChangeCounter.value + 1}
-        )
-        .returning(ChangeCounter.value)
-    )
-    return int(s.execute(statement).scalar_one())
+    statement = _TAKE_CHANGE_SEQ[s.get_bind().dialect.name]
+    return int(s.execute(statement, {"user_id": user_id}).scalar_one())
 
 
 def next_change_seq(s: Session, user_id: str) -> int:
@@ -138,17 +217,19 @@ class ExerciseRef(NamedTuple):
     owner_id: str | None
 
 
+_VISIBLE_EXERCISES = select(Exercise.id, Exercise.slug, Exercise.name, Exercise.owner_id).where(
+    or_(Exercise.owner_id.is_(None), Exercise.owner_id == bindparam("user_id")),
+    or_(
+        Exercise.id.in_(bindparam("ids", expanding=True)),
+        Exercise.slug.in_(bindparam("slugs", expanding=True)),
+    ),
+)
+
+
 def visible_exercises(s: Session, user_id: str, refs: Sequence[str]) -> dict[str, ExerciseRef]:
     """Exercises the user can log, by each id or slug asked for (only the columns needed)."""
-    rows = [
-        ExerciseRef(*row)
-        for row in s.execute(
-            select(Exercise.id, Exercise.slug, Exercise.name, Exercise.owner_id).where(
-                or_(Exercise.owner_id.is_(None), Exercise.owner_id == user_id),
-                or_(Exercise.id.in_(refs), Exercise.slug.in_(refs)),
-            )
-        )
-    ]
+    parameters = {"user_id": user_id, "ids": list(refs), "slugs": list(refs)}
+    rows = [ExerciseRef(*row) for row in s.execute(_VISIBLE_EXERCISES, parameters)]
     found: dict[str, ExerciseRef] = {}
     # Shared first, so the user's own exercise wins a slug both use.
     for row in sorted(rows, key=lambda row: row.owner_id is not None):
@@ -219,7 +300,8 @@ def history_workouts(
         query = query.where(key < after if descending else key > after)
     order = (Workout.started_at, Workout.id)
     query = query.order_by(*(c.desc() for c in order) if descending else order)
-    return [(started, workout_id) for started, workout_id in s.execute(query.limit(limit))]
+    rows = s.connection().execute(query.limit(limit))  # Core rows: no ORM result work
+    return [(started, workout_id) for started, workout_id in rows]
 
 
 def history_rows(
@@ -273,6 +355,219 @@ def history_rows(
                 )
             )
     return rows
+
+
+# --- history in columns (StreamHistory's columnar form) -----------------------------------
+#
+# A page of workouts is read as columns: numpy arrays and plain lists, no Python object per
+# set. On PostgreSQL each query returns one row whose columns are aggregates (big-endian
+# binary values that numpy reads as they are, or text split once), so neither psycopg2 nor
+# SQLAlchemy has per-row work. A workout is referred to by its index in the page asked for,
+# and rows are keyed so the caller can put them in order: they come in no promised order.
+# Positions and set indexes are below 2**16 (at most 100 exercises of 100 sets each are
+# accepted).
+
+
+class EntryColumns(NamedTuple):
+    """Performed exercises, one element per entry, in no particular order."""
+
+    key: np.ndarray  # int64: workout index << 16 | position
+    exercise_ids: list[str]
+    notes: list[str]
+
+
+class SetColumns(NamedTuple):
+    """Sets, one element per set, in no particular order."""
+
+    key: np.ndarray  # int64: workout index << 32 | position << 16 | set index
+    reps: np.ndarray  # int32; -1 when not given
+    weight_kg: np.ndarray  # float64; NaN when not given (stored values are always finite)
+    rpe: np.ndarray
+    rir: np.ndarray
+    duration_s: np.ndarray
+    distance_m: np.ndarray
+    kind: np.ndarray  # int8: index in SET_KINDS; -1 for a kind it does not know
+
+
+def _empty_sets() -> SetColumns:
+    floats = np.empty(0, np.float64)
+    return SetColumns(
+        np.empty(0, np.int64), np.empty(0, np.int32), floats, floats, floats, floats, floats,
+        np.empty(0, np.int8),
+    )  # fmt: skip
+
+
+# Every workout one primary-key range scan (LATERAL, kept apart by OFFSET 0), whatever the
+# planner thinks of the table's size.
+_PG_PAGE = """
+FROM unnest(%(workout_ids)s::text[]) WITH ORDINALITY AS p(id, ord)
+CROSS JOIN LATERAL (
+    SELECT {columns} FROM {table} x
+    WHERE x.user_id = %(user_id)s AND x.workout_id = p.id{only}
+    OFFSET 0
+) x
+"""
+# Exercise ids are UUIDs (no commas); notes, seldom given, come only where not empty.
+_PG_ENTRY_KEY = "int8send(((p.ord - 1) << 16) | x.position)"
+_PG_ENTRIES = (
+    f"SELECT string_agg({_PG_ENTRY_KEY}, ''), string_agg(x.exercise_id, ','),"
+    f" string_agg({_PG_ENTRY_KEY}, '') FILTER (WHERE x.notes <> ''),"
+    " array_agg(x.notes) FILTER (WHERE x.notes <> '')"
+    + _PG_PAGE.format(columns="x.position, x.exercise_id, x.notes", table="workout_exercises",
+                      only="{only}")
+)  # fmt: skip
+_ONLY_ENTRIES = " AND x.exercise_id = ANY(%(exercise_ids)s::text[])"
+_KIND_CODE = (
+    "CASE x.kind "
+    + " ".join(f"WHEN '{kind}' THEN {code}" for code, kind in enumerate(SET_KINDS))
+    + " ELSE -1 END"
+)
+# One binary record per set, all of them concatenated (one aggregate is cheaper than one
+# per column); SQL NULLs become the sentinels. Reps and kind share an int4.
+_PG_SETS = (
+    "SELECT string_agg("
+    "int8send(((p.ord - 1) << 32) | (x.position::int8 << 16) | x.set_index)"
+    f" || int4send(((coalesce(x.reps, -1) + 1) << 4) | (({_KIND_CODE}) + 1))"
+    " || float8send(coalesce(x.weight_kg, 'NaN')) || float8send(coalesce(x.rpe, 'NaN'))"
+    " || float8send(coalesce(x.rir, 'NaN')) || float8send(coalesce(x.duration_s, 'NaN'))"
+    " || float8send(coalesce(x.distance_m, 'NaN')), '')"
+    + _PG_PAGE.format(
+        columns="x.position, x.set_index, x.reps, x.weight_kg, x.rpe, x.rir, x.duration_s,"
+        " x.distance_m, x.kind",
+        table="workout_sets",
+        only="{only}",
+    )
+)
+_ONLY_SETS = (
+    " AND x.position IN (SELECT e.position FROM workout_exercises e"
+    " WHERE e.user_id = %(user_id)s AND e.workout_id = p.id"
+    " AND e.exercise_id = ANY(%(exercise_ids)s::text[]))"
+)
+_SET_RECORD = np.dtype(
+    [("key", ">i8"), ("code", ">i4")]
+    + [(name, ">f8") for name in ("weight_kg", "rpe", "rir", "duration_s", "distance_m")]
+)
+_KIND_INDEX = {kind: code for code, kind in enumerate(SET_KINDS)}
+
+
+def _pg_one_row(
+    s: Session, sql: str, user_id: str, workout_ids: Sequence[str], exercise_ids: Sequence[str]
+) -> tuple[Any, ...]:
+    parameters = {
+        "workout_ids": list(workout_ids),
+        "user_id": user_id,
+        "exercise_ids": list(exercise_ids),
+    }
+    # The driver's SQL as it is (no statement compiled); errors still come as SQLAlchemy's.
+    return tuple(s.connection().exec_driver_sql(sql, parameters).one())
+
+
+def history_entry_columns(
+    s: Session, user_id: str, workout_ids: Sequence[str], exercise_ids: Sequence[str]
+) -> EntryColumns:
+    """The performed exercises of these workouts (only of `exercise_ids` when given)."""
+    if not workout_ids:
+        return EntryColumns(np.empty(0, np.int64), [], [])
+    if s.get_bind().dialect.name == "postgresql":
+        sql = _PG_ENTRIES.format(only=_ONLY_ENTRIES if exercise_ids else "")
+        row = _pg_one_row(s, sql, user_id, workout_ids, exercise_ids)
+        if row[0] is None:  # none
+            return EntryColumns(np.empty(0, np.int64), [], [])
+        keys = np.frombuffer(row[0], ">i8").astype(np.int64)
+        ids = row[1].split(",")
+        if len(ids) == len(keys):  # else an id with a comma: read it the plain way
+            notes = [""] * len(keys)
+            if row[2] is not None:
+                where = {key: i for i, key in enumerate(keys.tolist())}
+                noted = np.frombuffer(row[2], ">i8").tolist()
+                for key, text in zip(noted, row[3], strict=True):
+                    notes[where[key]] = text
+            return EntryColumns(keys, ids, notes)
+    index = {workout_id: i for i, workout_id in enumerate(workout_ids)}
+    query = select(
+        WorkoutExercise.workout_id,
+        WorkoutExercise.position,
+        WorkoutExercise.exercise_id,
+        WorkoutExercise.notes,
+    ).where(WorkoutExercise.user_id == user_id, WorkoutExercise.workout_id.in_(workout_ids))
+    if exercise_ids:
+        query = query.where(WorkoutExercise.exercise_id.in_(exercise_ids))
+    rows = s.connection().execute(query).all()
+    return EntryColumns(
+        np.array([index[row[0]] << 16 | row[1] for row in rows], np.int64),
+        [row[2] for row in rows],
+        [row[3] for row in rows],
+    )
+
+
+def history_set_columns(
+    s: Session, user_id: str, workout_ids: Sequence[str], exercise_ids: Sequence[str]
+) -> SetColumns:
+    """The sets of these workouts (only of `exercise_ids` when given)."""
+    if not workout_ids:
+        return _empty_sets()
+    if s.get_bind().dialect.name == "postgresql":
+        sql = _PG_SETS.format(only=_ONLY_SETS if exercise_ids else "")
+        (data,) = _pg_one_row(s, sql, user_id, workout_ids, exercise_ids)
+        if data is None:  # no sets
+            return _empty_sets()
+        records = np.frombuffer(data, _SET_RECORD)
+        code = records["code"].astype(np.int32)
+
+        def floats(name: str) -> np.ndarray:
+            return records[name].astype(np.float64)
+
+        return SetColumns(
+            records["key"].astype(np.int64), (code >> 4) - 1, floats("weight_kg"),
+            floats("rpe"), floats("rir"), floats("duration_s"), floats("distance_m"),
+            ((code & 15) - 1).astype(np.int8),
+        )  # fmt: skip
+    return _plain_set_columns(s, user_id, workout_ids, exercise_ids)
+
+
+def _plain_set_columns(
+    s: Session, user_id: str, workout_ids: Sequence[str], exercise_ids: Sequence[str]
+) -> SetColumns:
+    """Any other database: plain rows, turned into columns here."""
+    query = select(
+        WorkoutSet.workout_id, WorkoutSet.position, WorkoutSet.set_index, *SET_COLUMNS
+    ).where(WorkoutSet.user_id == user_id, WorkoutSet.workout_id.in_(workout_ids))
+    if exercise_ids:
+        query = query.where(
+            exists().where(
+                WorkoutExercise.user_id == WorkoutSet.user_id,
+                WorkoutExercise.workout_id == WorkoutSet.workout_id,
+                WorkoutExercise.position == WorkoutSet.position,
+                WorkoutExercise.exercise_id.in_(exercise_ids),
+            )
+        )
+    rows = s.connection().execute(query).all()
+    if not rows:
+        return _empty_sets()
+    index = {workout_id: i for i, workout_id in enumerate(workout_ids)}
+    workout, position, set_index, reps, weight, rpe, rir, duration, distance, kind = zip(
+        *rows, strict=True
+    )
+
+    def floats(values: tuple[Any, ...]) -> np.ndarray:
+        return np.array(values, dtype=np.float64)  # None -> NaN
+
+    return SetColumns(
+        np.array([index[w] for w in workout], np.int64) << 32
+        | np.array(position, np.int64) << 16
+        | np.array(set_index, np.int64),
+        np.array([-1 if r is None else r for r in reps], np.int32),
+        floats(weight), floats(rpe), floats(rir), floats(duration), floats(distance),
+        np.array([_KIND_INDEX.get(k, -1) for k in kind], np.int8),
+    )  # fmt: skip
+
+
+def exercise_names(s: Session, exercise_ids: Sequence[str]) -> dict[str, str]:
+    """Names of these exercises, by id."""
+    if not exercise_ids:
+        return {}
+    query = select(Exercise.id, Exercise.name).where(Exercise.id.in_(exercise_ids))
+    return {exercise_id: name for exercise_id, name in s.connection().execute(query)}
 
 
 def stat_rows(

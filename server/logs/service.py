@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import math
+import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
@@ -27,11 +31,10 @@ from server.errors import (
     InvalidArgument,
     NotFound,
 )
+from server.logs import columns, stats
 from server.logs import repository as repo
-from server.logs import stats
-from server.logs.models import Workout, WorkoutSet
+from server.logs.models import SET_KINDS, Workout, WorkoutSet
 
-SET_KINDS = ("warmup", "normal", "drop", "failure")
 KG_PER_LB = 0.45359237
 M_PER_MILE = 1609.344
 MAX_EXERCISES = 100
@@ -46,9 +49,18 @@ DEFAULT_CHANGES = 200
 MAX_CHANGES = 1000
 DEFAULT_CHUNK = 500
 HISTORY_WORKOUTS_PER_READ = 200
+# The columnar form reads pages of workouts growing from the first size to the last: the
+# first message goes out soon, then fewer round trips (its per-set cost is small).
+HISTORY_COLUMN_FIRST_READ = 250
+HISTORY_COLUMN_WORKOUTS_PER_READ = 1000
+# Pages of the columnar form read at once, each by a helper thread with its own connection.
+HISTORY_COLUMN_READERS = 2
 MAX_CHUNK = 5000
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -160,9 +172,13 @@ def decode_cursor(cursor: str) -> int:
     return int(cursor[1:])
 
 
+# Control characters but tab, line feed and carriage return.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
 def _check_text(field: str, value: str) -> None:
     # NUL and other control characters break PostgreSQL text and every CSV export.
-    if any(ord(c) < 32 and c not in "\n\t\r" for c in value):
+    if _CONTROL.search(value):
         raise InvalidArgument(field, "must not contain control characters")
 
 
@@ -387,25 +403,25 @@ class LogService:
         def work(s: Session) -> tuple[WorkoutView, bool, User]:
             user = owner(s)
             data = check_workout(build(user.preferred_unit), self.now(), user.time_zone)
-            # Taking a change number locks the user's counter: one writer per user at a time,
-            # so two copies of one create cannot both find the id free. A retry wastes the
-            # number, which only leaves a gap in the feed.
-            seq = repo.take_change_seq(s, user.id)
             checked, names = self._resolve_named(s, user.id, data)
             digest = content_hash(checked)
-            if request_id and idempotency.find(
-                s, user.id, "CreateWorkout", request_id, digest
-            ):  # raises for a request_id used before for another request
-                earlier = repo.get(s, user.id, checked.id)
-                if earlier is None or earlier.deleted_at is not None:
-                    raise FailedPrecondition(
-                        "the workout this request_id created has since been deleted",
-                        reason="REQUEST_ID_RESOURCE_DELETED",
-                    )
-                # A retry of a create whose workout changed since: its current state.
-                return views_of(s, [earlier])[0], False, user
-            existing = repo.get(s, user.id, checked.id)
-            if existing is not None:
+
+            def stored() -> tuple[WorkoutView, bool, User] | None:
+                """The answer if this create was made before (or its id is taken)."""
+                if request_id and idempotency.find(
+                    s, user.id, "CreateWorkout", request_id, digest
+                ):  # raises for a request_id used before for another request
+                    earlier = repo.get(s, user.id, checked.id)
+                    if earlier is None or earlier.deleted_at is not None:
+                        raise FailedPrecondition(
+                            "the workout this request_id created has since been deleted",
+                            reason="REQUEST_ID_RESOURCE_DELETED",
+                        )
+                    # A retry of a create whose workout changed since: its current state.
+                    return views_of(s, [earlier])[0], False, user
+                existing = repo.get(s, user.id, checked.id)
+                if existing is None:
+                    return None
                 if existing.deleted_at is None and existing.content_hash == digest:
                     # A retry: the same content as stored, so the answer is built from it.
                     return _view_from(existing, checked, names), False, user
@@ -414,7 +430,18 @@ class LogService:
                     + (" (it was deleted)" if existing.deleted_at else ""),
                     reason="WORKOUT_EXISTS",
                 )
-            workout = self._insert(s, user, checked, digest, seq)
+
+            # A retry reads its answer without writing or waiting for the user's lock.
+            answer = stored()
+            if answer is not None:
+                return answer
+            # Storing takes a change number, which locks the user's counter until commit: one
+            # writer per user at a time, so change numbers become visible in order. Only the
+            # insert (one statement on PostgreSQL) and the commit run under the lock. A copy
+            # of this create that committed meanwhile makes the insert fail on the primary
+            # key (or the request_id's): the work is then decided again (below), and answers
+            # as the retry it is.
+            workout = self._insert(s, user, checked, digest, None)
             if request_id:
                 idempotency.remember(
                     s, user.id, "CreateWorkout", request_id, digest, checked.id, self.now()
@@ -424,8 +451,9 @@ class LogService:
         try:
             return self.db.run(work)
         except exc.IntegrityError:
-            # An exercise it names was deleted meanwhile (foreign key): decide again, which
-            # now names the missing exercise as INVALID_ARGUMENT.
+            # A copy of this create committed first (primary key), or an exercise it names
+            # was deleted meanwhile (foreign key): decide again, which now finds the stored
+            # workout, or names the missing exercise as INVALID_ARGUMENT.
             return self.db.run(work)
 
     def get(self, workout_id: str) -> WorkoutView:
@@ -496,28 +524,28 @@ class LogService:
         self.db.run(work)
 
     def _insert(
-        self, s: Session, user: User, checked: WorkoutData, digest: str, change_seq: int
+        self, s: Session, user: User, checked: WorkoutData, digest: str, change_seq: int | None
     ) -> Workout:
-        """Store a new, validated workout and its exercises and sets."""
+        """Store a new, validated workout and its exercises and sets. Without a change
+        number, take one (locking the user's counter until commit) in the same breath."""
         now = self.now()
-        workout = Workout(
-            user_id=user.id,
-            id=checked.id,
-            title=checked.title,
-            notes=checked.notes,
-            started_at=checked.started_at,
-            ended_at=checked.ended_at,
-            time_zone=checked.time_zone,
-            content_hash=digest,
-            version=1,
-            change_seq=change_seq,
-            created_at=now,
-            updated_at=now,
-        )
-        s.add(workout)
-        s.flush()
-        repo.add_children(s, *_rows(user.id, checked))
-        return workout
+        values = {
+            "user_id": user.id,
+            "id": checked.id,
+            "title": checked.title,
+            "notes": checked.notes,
+            "started_at": checked.started_at,
+            "ended_at": checked.ended_at,
+            "time_zone": checked.time_zone,
+            "content_hash": digest,
+            "version": 1,
+            "change_seq": change_seq,  # None: taken by add_workout
+            "created_at": now,
+            "updated_at": now,
+            "deleted_at": None,
+        }
+        repo.add_workout(s, values, *_rows(user.id, checked))
+        return Workout(**values)  # what was stored, for the answer; not in the session
 
     def _replace(
         self, s: Session, user: User, workout: Workout, checked: WorkoutData, digest: str
@@ -639,21 +667,7 @@ class LogService:
         """The caller's performed exercises in chunks. Each chunk is read in its own short
         transaction, so a stream the client abandons holds no connection."""
         limit = paging.limit("chunk_size", chunk_size, DEFAULT_CHUNK, MAX_CHUNK)
-
-        for i, ref in enumerate(exercise_refs):
-            _check_text(f"exercise_ids[{i}]", ref)
-
-        def resolve(s: Session) -> tuple[str, list[str]]:
-            user = self.auth.current_user(s)
-            found = repo.visible_exercises(s, user.id, list(exercise_refs))
-            ids = []
-            for i, ref in enumerate(exercise_refs):
-                if ref not in found:
-                    raise InvalidArgument(f"exercise_ids[{i}]", f"no exercise {ref!r}")
-                ids.append(found[ref].id)
-            return user.id, ids
-
-        user_id, exercise_ids = self.db.run(resolve, write=False)
+        user_id, exercise_ids, _ = self._history_scope(exercise_refs)
         after: tuple[datetime, str] | None = None
         chunk: list[HistoryEntry] = []
         while True:
@@ -692,6 +706,66 @@ class LogService:
                 return
             after = workouts[-1]
 
+    def history_columns(
+        self,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        exercise_refs: Sequence[str],
+        descending: bool,
+        chunk_size: int,
+    ) -> tuple[str, Iterator[columns.HistoryColumns]]:
+        """The same chunks as `history`, each as columns (StreamHistory's columnar form), and
+        the caller's preferred unit.
+
+        Pages of workouts are read in their own short transactions, each checking that the
+        session is still live, ahead of the caller in helper threads (_read_pages): the
+        database works on the next pages while this one is sent.
+        """
+        limit = paging.limit("chunk_size", chunk_size, DEFAULT_CHUNK, MAX_CHUNK)
+        user_id, exercise_ids, preferred_unit = self._history_scope(exercise_refs)
+
+        def page(
+            after: Key | None, size: int, publish: Callable[[Key | None], None]
+        ) -> columns.HistoryColumns:
+            def work(s: Session) -> columns.HistoryColumns:
+                self.auth.current_user(s)  # the session may have ended mid-stream
+                workouts = repo.history_workouts(
+                    s, user_id, start=start, end=end, after=after, descending=descending,
+                    limit=size + 1,
+                )  # fmt: skip
+                more = len(workouts) > size
+                workouts = workouts[:size]
+                publish(workouts[-1] if more else None)
+                ids = [workout_id for _, workout_id in workouts]
+                entries = repo.history_entry_columns(s, user_id, ids, exercise_ids)
+                names = repo.exercise_names(s, sorted(set(entries.exercise_ids)))
+                sets = repo.history_set_columns(s, user_id, ids, exercise_ids)
+                return columns.build_page(workouts, entries, names, sets, descending)
+
+            return self.db.run(work, write=False)
+
+        return preferred_unit, columns.rechunk(_read_pages(page), limit)
+
+    def _history_scope(self, exercise_refs: Sequence[str]) -> tuple[str, list[str], str]:
+        """The caller's id, the ids of the exercises a history request names and the caller's
+        preferred unit."""
+        for i, ref in enumerate(exercise_refs):
+            _check_text(f"exercise_ids[{i}]", ref)
+
+        def resolve(s: Session) -> tuple[str, list[str], str]:
+            user = self.auth.current_user(s)
+            ids = []
+            if exercise_refs:
+                found = repo.visible_exercises(s, user.id, list(exercise_refs))
+                for i, ref in enumerate(exercise_refs):
+                    if ref not in found:
+                        raise InvalidArgument(f"exercise_ids[{i}]", f"no exercise {ref!r}")
+                    ids.append(found[ref].id)
+            return user.id, ids, user.preferred_unit
+
+        return self.db.run(resolve, write=False)
+
     # --- statistics ---------------------------------------------------------------------
 
     def stats(self, as_of: datetime | None, weeks: int) -> tuple[stats.Stats, str]:
@@ -729,6 +803,63 @@ class LogService:
             return result, user.preferred_unit
 
         return self.db.run(work, write=False)
+
+
+Key = tuple[datetime, str]
+_END = object()  # "no page after this one", in place of a key
+
+
+def _read_pages(page: Callable[[Key | None, int, Callable[[Key | None], None]], T]) -> Iterator[T]:
+    """Every page of a keyset walk, in order. `page(after, size, publish)` reads up to `size`
+    workouts after the key `after` (None: from the first) and returns the page; as soon as it
+    knows them, it calls `publish` with the key the next page starts after (None: there is
+    no next page).
+
+    HISTORY_COLUMN_READERS pages are read at once, each in a helper thread (in the caller's
+    context: the same principal and deadline) and its own transaction: the next page starts
+    as soon as this one has published its last key, so one page's queries run while another
+    is decoded and the caller sends a third. Pages start small, so the first message goes out
+    soon, and grow to HISTORY_COLUMN_WORKOUTS_PER_READ. Closing the iterator waits for the
+    reads under way, so no connection stays checked out."""
+
+    def run(after: Future[Any], size: int, following: Future[Any]) -> Any:
+        def publish(key: Key | None) -> None:
+            if not following.done():  # a retried transaction publishes again
+                following.set_result(_END if key is None else key)
+
+        try:
+            start_after = after.result()
+            if start_after is _END:
+                publish(None)
+                return _END
+            return page(start_after, size, publish)
+        except BaseException as error:
+            if not following.done():
+                following.set_exception(error)
+            raise
+        finally:
+            publish(None)  # never leave the next page waiting
+
+    readers = HISTORY_COLUMN_READERS
+    size = min(HISTORY_COLUMN_FIRST_READ, HISTORY_COLUMN_WORKOUTS_PER_READ)
+    key: Future[Any] = Future()
+    key.set_result(None)
+    in_flight: deque[Future[Any]] = deque()
+    pool = ThreadPoolExecutor(readers, thread_name_prefix="repwise-history")
+    try:
+        while True:
+            while len(in_flight) < readers:  # as many workers as reads: none waits queued
+                following: Future[Any] = Future()
+                task = pool.submit(contextvars.copy_context().run, run, key, size, following)
+                in_flight.append(task)
+                key = following
+                size = min(size * 2, HISTORY_COLUMN_WORKOUTS_PER_READ)
+            block = in_flight.popleft().result()
+            if block is _END:
+                return
+            yield block
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def encode_page_token(last: Workout) -> str:

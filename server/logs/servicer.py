@@ -109,6 +109,9 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     def StreamHistory(
         self, request: log_pb2.StreamHistoryRequest, context: grpc.ServicerContext
     ) -> Iterator[log_pb2.StreamHistoryResponse]:
+        if request.columnar:
+            yield from self._stream_history_columns(request)
+            return
         unit = self._units(request.weight_unit)
         if request.order not in common_pb2.SortOrder.values():
             raise InvalidArgument("order", "must be SORT_ORDER_ASCENDING or SORT_ORDER_DESCENDING")
@@ -125,6 +128,29 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
             yield log_pb2.StreamHistoryResponse(
                 entries=[conv.history_entry_to_pb(e, unit) for e in chunk], weight_unit=unit_pb
             )
+
+    def _stream_history_columns(
+        self, request: log_pb2.StreamHistoryRequest
+    ) -> Iterator[log_pb2.StreamHistoryResponse]:
+        """The columnar form: the same checks and chunks; the caller's preferred unit comes
+        with the history, not from a read of its own."""
+        conv.unit("weight_unit", request.weight_unit, "kg")  # a bad unit is refused first
+        if request.order not in common_pb2.SortOrder.values():
+            raise InvalidArgument("order", "must be SORT_ORDER_ASCENDING or SORT_ORDER_DESCENDING")
+        span = request.time_range
+        preferred, blocks = self.logs.history_columns(
+            start=optional_timestamp(span, "start_time", "time_range.start_time"),
+            end=optional_timestamp(span, "end_time", "time_range.end_time"),
+            exercise_refs=list(request.exercise_ids),
+            descending=request.order == common_pb2.SORT_ORDER_DESCENDING,
+            chunk_size=request.chunk_size,
+        )
+        unit = conv.unit("weight_unit", request.weight_unit, preferred)
+        unit_pb = conv.UNIT_TO_PB[unit]
+        for block in blocks:
+            response = log_pb2.StreamHistoryResponse(weight_unit=unit_pb)
+            conv.history_columns_to_pb(block, unit, response.columns)
+            yield response
 
     def GetStats(
         self, request: log_pb2.GetStatsRequest, context: grpc.ServicerContext

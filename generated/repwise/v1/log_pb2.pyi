@@ -699,11 +699,18 @@ class StreamHistoryRequest(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     WEIGHT_UNIT_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    COLUMNAR_FIELD_NUMBER: _builtins.int
     order: _common_pb2.SortOrder.ValueType
     """Unspecified means oldest first."""
     weight_unit: _common_pb2.WeightUnit.ValueType
     chunk_size: _builtins.int
     """Entries per message (default 500, at most 5000)."""
+    columnar: _builtins.bool
+    """When true, every response carries its chunk in `columns` (one packed
+    array per field, see HistoryColumns) instead of `entries`: the same
+    entries, in the same order and the same chunks, far cheaper to build and
+    to decode than one message per entry and set.
+    """
     @_builtins.property
     def time_range(self) -> _common_pb2.TimeRange: ...
     @_builtins.property
@@ -718,10 +725,11 @@ class StreamHistoryRequest(_message.Message):
         order: _common_pb2.SortOrder.ValueType = ...,
         weight_unit: _common_pb2.WeightUnit.ValueType = ...,
         chunk_size: _builtins.int = ...,
+        columnar: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time_range", b"time_range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "exercise_ids", b"exercise_ids", "order", b"order", "time_range", b"time_range", "weight_unit", b"weight_unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "columnar", b"columnar", "exercise_ids", b"exercise_ids", "order", b"order", "time_range", b"time_range", "weight_unit", b"weight_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -768,22 +776,174 @@ class StreamHistoryResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     WEIGHT_UNIT_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     weight_unit: _common_pb2.WeightUnit.ValueType
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
+        """The chunk's entries, unless the request asked for columnar."""
+
+    @_builtins.property
+    def columns(self) -> Global___HistoryColumns:
+        """The chunk's entries in columns, when the request asked for columnar
+        (entries is then empty).
+        """
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
         weight_unit: _common_pb2.WeightUnit.ValueType = ...,
+        columns: Global___HistoryColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "weight_unit", b"weight_unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "entries", b"entries", "weight_unit", b"weight_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamHistoryResponse: _TypeAlias = StreamHistoryResponse  # noqa: Y015
+
+@_typing.final
+class HistoryColumns(_message.Message):
+    """A chunk of history in columns: parallel packed arrays instead of one
+    message per entry and per set. Entry i of the chunk is workout_ids[i],
+    workout_start_unix_micros[i], positions[i], exercise_ids[i] and notes[i]
+    (the fields of the i-th HistoryEntry of the per-entry form); set j is
+    reps[j], weights[j], ... kinds[j] and belongs to entry set_entries[j].
+    Sets are grouped by entry, entries in order, each entry's sets in the order
+    they were performed, so the sets of entry i are the contiguous run of j with
+    set_entries[j] == i (an entry may have none).
+
+    Measures that were not given are sentinels, never a separate presence
+    array: -1 for reps and duration_millis (real values are at least 0), NaN
+    for weights, rpes, rirs and distances_m (real values are always finite).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExerciseNamesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WORKOUT_IDS_FIELD_NUMBER: _builtins.int
+    WORKOUT_START_UNIX_MICROS_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    EXERCISE_IDS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    EXERCISE_NAMES_FIELD_NUMBER: _builtins.int
+    SET_ENTRIES_FIELD_NUMBER: _builtins.int
+    REPS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    RPES_FIELD_NUMBER: _builtins.int
+    RIRS_FIELD_NUMBER: _builtins.int
+    DURATION_MILLIS_FIELD_NUMBER: _builtins.int
+    DISTANCES_M_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workout_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per entry: the workout's id."""
+
+    @_builtins.property
+    def workout_start_unix_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per entry: the workout's start_time, in microseconds since the Unix
+        epoch (UTC); the exact instant the per-entry form's Timestamp carries.
+        """
+
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per entry: the position of the exercise within its workout, from 0."""
+
+    @_builtins.property
+    def exercise_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per entry: the catalog or custom exercise id."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per entry: the performed exercise's notes ("" when none)."""
+
+    @_builtins.property
+    def exercise_names(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Name of every exercise in exercise_ids, by id."""
+
+    @_builtins.property
+    def set_entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per set: the index in this chunk of the entry the set belongs to
+        (non-decreasing).
+        """
+
+    @_builtins.property
+    def reps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per set: repetitions; -1 when not given (sint32: one byte on the wire)."""
+
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per set: load in the response's weight_unit (rounded to 6 decimals as in
+        the per-entry form); NaN when not given.
+        """
+
+    @_builtins.property
+    def rpes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per set: rate of perceived exertion; NaN when not given."""
+
+    @_builtins.property
+    def rirs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per set: reps in reserve; NaN when not given."""
+
+    @_builtins.property
+    def duration_millis(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per set: duration in whole milliseconds (the per-entry form's Duration);
+        -1 when not given (sint64: one byte on the wire).
+        """
+
+    @_builtins.property
+    def distances_m(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per set: distance in metres; NaN when not given."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SetKind.ValueType]:
+        """Per set: how it was performed (never SET_KIND_UNSPECIFIED)."""
+
+    def __init__(
+        self,
+        *,
+        workout_ids: _abc.Iterable[_builtins.str] | None = ...,
+        workout_start_unix_micros: _abc.Iterable[_builtins.int] | None = ...,
+        positions: _abc.Iterable[_builtins.int] | None = ...,
+        exercise_ids: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+        exercise_names: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        set_entries: _abc.Iterable[_builtins.int] | None = ...,
+        reps: _abc.Iterable[_builtins.int] | None = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+        rpes: _abc.Iterable[_builtins.float] | None = ...,
+        rirs: _abc.Iterable[_builtins.float] | None = ...,
+        duration_millis: _abc.Iterable[_builtins.int] | None = ...,
+        distances_m: _abc.Iterable[_builtins.float] | None = ...,
+        kinds: _abc.Iterable[Global___SetKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distances_m", b"distances_m", "duration_millis", b"duration_millis", "exercise_ids", b"exercise_ids", "exercise_names", b"exercise_names", "kinds", b"kinds", "notes", b"notes", "positions", b"positions", "reps", b"reps", "rirs", b"rirs", "rpes", b"rpes", "set_entries", b"set_entries", "weights", b"weights", "workout_ids", b"workout_ids", "workout_start_unix_micros", b"workout_start_unix_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryColumns: _TypeAlias = HistoryColumns  # noqa: Y015
 
 @_typing.final
 class GetStatsRequest(_message.Message):

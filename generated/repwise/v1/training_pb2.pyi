@@ -119,10 +119,20 @@ class ExerciseStat(_message.Message):
     FREQUENCY_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     LAST_TIME_FIELD_NUMBER: _builtins.int
+    DECAYED_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_TOP_WEIGHT_KG_FIELD_NUMBER: _builtins.int
+    LAST_TOP_REPS_FIELD_NUMBER: _builtins.int
     exercise_id: _builtins.str
     frequency: _builtins.float
     """Recency-decayed count, scaled to [0, 1]."""
     count: _builtins.int
+    decayed_count: _builtins.float
+    """Count decayed to stats_time with frequency_half_life_days; frequency is
+    this over the largest. Kept so a client can add newer workouts.
+    """
+    last_top_weight_kg: _builtins.float
+    """Heaviest working set of the latest session (for the next-set suggestion)."""
+    last_top_reps: _builtins.int
     @_builtins.property
     def last_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -132,12 +142,22 @@ class ExerciseStat(_message.Message):
         frequency: _builtins.float = ...,
         count: _builtins.int = ...,
         last_time: _timestamp_pb2.Timestamp | None = ...,
+        decayed_count: _builtins.float = ...,
+        last_top_weight_kg: _builtins.float | None = ...,
+        last_top_reps: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_time", b"last_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_top_reps", b"_last_top_reps", "_last_top_weight_kg", b"_last_top_weight_kg", "last_time", b"last_time", "last_top_reps", b"last_top_reps", "last_top_weight_kg", b"last_top_weight_kg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "exercise_id", b"exercise_id", "frequency", b"frequency", "last_time", b"last_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_top_reps", b"_last_top_reps", "_last_top_weight_kg", b"_last_top_weight_kg", "count", b"count", "decayed_count", b"decayed_count", "exercise_id", b"exercise_id", "frequency", b"frequency", "last_time", b"last_time", "last_top_reps", b"last_top_reps", "last_top_weight_kg", b"last_top_weight_kg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__last_top_reps: _TypeAlias = _typing.Literal["last_top_reps"]  # noqa: Y015
+    _WhichOneofArgType__last_top_reps: _TypeAlias = _typing.Literal["_last_top_reps", b"_last_top_reps"]  # noqa: Y015
+    _WhichOneofReturnType__last_top_weight_kg: _TypeAlias = _typing.Literal["last_top_weight_kg"]  # noqa: Y015
+    _WhichOneofArgType__last_top_weight_kg: _TypeAlias = _typing.Literal["_last_top_weight_kg", b"_last_top_weight_kg"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_top_reps) -> _WhichOneofReturnType__last_top_reps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_top_weight_kg) -> _WhichOneofReturnType__last_top_weight_kg | None: ...
 
 Global___ExerciseStat: _TypeAlias = ExerciseStat  # noqa: Y015
 
@@ -151,9 +171,14 @@ class Transition(_message.Message):
     TO_EXERCISE_ID_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     LAST_TIME_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
     from_exercise_id: _builtins.str
     to_exercise_id: _builtins.str
     count: _builtins.float
+    last_index: _builtins.int
+    """Ordinal, from 1, of the latest such transition among all transitions out
+    of from_exercise_id (routine = routine_decay ^ (total out − last_index)).
+    """
     @_builtins.property
     def last_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -163,14 +188,49 @@ class Transition(_message.Message):
         to_exercise_id: _builtins.str = ...,
         count: _builtins.float = ...,
         last_time: _timestamp_pb2.Timestamp | None = ...,
+        last_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_time", b"last_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "from_exercise_id", b"from_exercise_id", "last_time", b"last_time", "to_exercise_id", b"to_exercise_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "from_exercise_id", b"from_exercise_id", "last_index", b"last_index", "last_time", b"last_time", "to_exercise_id", b"to_exercise_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Transition: _TypeAlias = Transition  # noqa: Y015
+
+@_typing.final
+class SequenceParameters(_message.Message):
+    """Constants of the sequence terms, so clients never hard-code them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTINE_DECAY_FIELD_NUMBER: _builtins.int
+    TRANSITION_SMOOTHING_FIELD_NUMBER: _builtins.int
+    FREQUENCY_HALF_LIFE_DAYS_FIELD_NUMBER: _builtins.int
+    RECOVERY_HOURS_FIELD_NUMBER: _builtins.int
+    RECENT_DAYS_FIELD_NUMBER: _builtins.int
+    routine_decay: _builtins.float
+    transition_smoothing: _builtins.float
+    frequency_half_life_days: _builtins.float
+    recovery_hours: _builtins.float
+    recent_days: _builtins.float
+    """Days before a workout whose exercises make the state's recent block."""
+    def __init__(
+        self,
+        *,
+        routine_decay: _builtins.float = ...,
+        transition_smoothing: _builtins.float = ...,
+        frequency_half_life_days: _builtins.float = ...,
+        recovery_hours: _builtins.float = ...,
+        recent_days: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency_half_life_days", b"frequency_half_life_days", "recent_days", b"recent_days", "recovery_hours", b"recovery_hours", "routine_decay", b"routine_decay", "transition_smoothing", b"transition_smoothing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SequenceParameters: _TypeAlias = SequenceParameters  # noqa: Y015
 
 @_typing.final
 class ModelBundle(_message.Message):
@@ -213,6 +273,10 @@ class ModelBundle(_message.Message):
     SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     IS_POPULATION_MODEL_FIELD_NUMBER: _builtins.int
+    STATS_TIME_FIELD_NUMBER: _builtins.int
+    EXERCISE_NAMES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_PARAMETERS_FIELD_NUMBER: _builtins.int
+    LAST_EXERCISE_ID_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
     schema_version: _builtins.int
     sample_count: _builtins.int
@@ -223,6 +287,8 @@ class ModelBundle(_message.Message):
     """True when the user has no model of their own yet and this is the
     population model.
     """
+    last_exercise_id: _builtins.str
+    """The last exercise the statistics saw (source of the next transition)."""
     @_builtins.property
     def trained_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -253,6 +319,18 @@ class ModelBundle(_message.Message):
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Evaluation figures of this model, e.g. "hit_at_10"."""
 
+    @_builtins.property
+    def stats_time(self) -> _timestamp_pb2.Timestamp:
+        """The instant exercise_stats and transitions were computed as of; a client
+        adds the workouts that started after it.
+        """
+
+    @_builtins.property
+    def exercise_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of exercise_ids, in the same order."""
+
+    @_builtins.property
+    def sequence_parameters(self) -> Global___SequenceParameters: ...
     def __init__(
         self,
         *,
@@ -270,10 +348,14 @@ class ModelBundle(_message.Message):
         sample_count: _builtins.int = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         is_population_model: _builtins.bool = ...,
+        stats_time: _timestamp_pb2.Timestamp | None = ...,
+        exercise_names: _abc.Iterable[_builtins.str] | None = ...,
+        sequence_parameters: Global___SequenceParameters | None = ...,
+        last_exercise_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_features", b"catalog_features", "coefficients", b"coefficients", "trained_at", b"trained_at", "weights", b"weights"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_features", b"catalog_features", "coefficients", b"coefficients", "sequence_parameters", b"sequence_parameters", "stats_time", b"stats_time", "trained_at", b"trained_at", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_features", b"catalog_features", "coefficients", b"coefficients", "exercise_ids", b"exercise_ids", "exercise_stats", b"exercise_stats", "feature_names", b"feature_names", "is_population_model", b"is_population_model", "lambda", b"lambda", "metrics", b"metrics", "model_version", b"model_version", "sample_count", b"sample_count", "schema_version", b"schema_version", "state_names", b"state_names", "trained_at", b"trained_at", "transitions", b"transitions", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_features", b"catalog_features", "coefficients", b"coefficients", "exercise_ids", b"exercise_ids", "exercise_names", b"exercise_names", "exercise_stats", b"exercise_stats", "feature_names", b"feature_names", "is_population_model", b"is_population_model", "lambda", b"lambda", "last_exercise_id", b"last_exercise_id", "metrics", b"metrics", "model_version", b"model_version", "sample_count", b"sample_count", "schema_version", b"schema_version", "sequence_parameters", b"sequence_parameters", "state_names", b"state_names", "stats_time", b"stats_time", "trained_at", b"trained_at", "transitions", b"transitions", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
