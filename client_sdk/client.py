@@ -24,12 +24,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -60,6 +60,13 @@ log = logging.getLogger(__name__)
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
+
+
+class _Paged(Protocol):
+    next_page_token: str
+
+
+Page = TypeVar("Page", bound=_Paged)
 
 # Codes that say the request may not have been handled, or its answer got lost on the way.
 EQUIPMENT_NAMES = {
@@ -534,13 +541,8 @@ class RepwiseClient:
 
     def iter_exercises(self, **filters: Any) -> Iterator[catalog_pb2.Exercise]:
         """Every exercise list_exercises(**filters) finds, following the page tokens."""
-        page_token = ""
-        while True:
-            page = self.list_exercises(page_token=page_token, **filters)
+        for page in _pages(self.list_exercises, filters):
             yield from page.exercises
-            page_token = page.next_page_token
-            if not page_token:
-                return
 
     def get_exercise(self, id: str) -> catalog_pb2.Exercise:
         """By id or slug."""
@@ -611,13 +613,8 @@ class RepwiseClient:
 
     def iter_workouts(self, **filters: Any) -> Iterator[log_pb2.Workout]:
         """Every workout list_workouts(**filters) finds, following the page tokens."""
-        page_token = ""
-        while True:
-            page = self.list_workouts(page_token=page_token, **filters)
+        for page in _pages(self.list_workouts, filters):
             yield from page.workouts
-            page_token = page.next_page_token
-            if not page_token:
-                return
 
     def update_workout(self, workout: log_pb2.Workout) -> log_pb2.Workout:
         """Replace the workout named by workout.id; workout.etag must be current."""
@@ -879,6 +876,17 @@ class RepwiseClient:
     def plot_progress(self, exercise: str, ax: Axes | None = None) -> Axes:
         """Plot an exercise's (id or slug) best estimated 1RM and volume per session."""
         return frames.plot_progress(self.history_frame(exercise_ids=[exercise]), ax=ax)
+
+
+def _pages(fetch: Callable[..., Page], filters: dict[str, Any]) -> Iterator[Page]:
+    """Every page fetch(**filters) returns, following next_page_token."""
+    page_token = ""
+    while True:
+        page = fetch(page_token=page_token, **filters)
+        yield page
+        page_token = page.next_page_token
+        if not page_token:
+            return
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -317,10 +317,6 @@ def release(s: Session, worker: str, user_ids: Sequence[str], error: str, now: d
     )
 
 
-def state(s: Session, user_id: str) -> TrainingState | None:
-    return s.get(TrainingState, user_id)
-
-
 def ensure_state(s: Session, user_id: str) -> TrainingState:
     upsert = postgresql.insert if _is_postgres(s) else sqlite.insert
     s.execute(
@@ -335,6 +331,13 @@ def ensure_state(s: Session, user_id: str) -> TrainingState:
 
 def user_model(s: Session, user_id: str, version: int) -> UserModel | None:
     return s.get(UserModel, (user_id, version))
+
+
+def state_and_model(s: Session, user_id: str) -> tuple[TrainingState | None, UserModel | None]:
+    """The user's training state and the model version it points to, if any."""
+    st = s.get(TrainingState, user_id)
+    model = user_model(s, user_id, st.current_version) if st and st.current_version else None
+    return st, model
 
 
 def has_logs(s: Session, user_id: str) -> bool:

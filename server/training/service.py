@@ -422,12 +422,7 @@ class TrainingService:
 
         def work(s: Session) -> tuple[str, TrainingState | None, UserModel | None]:
             user_id = self.auth.current_user(s).id
-            st = repo.state(s, user_id)
-            model = (
-                repo.user_model(s, user_id, st.current_version)
-                if st and st.current_version
-                else None
-            )
+            st, model = repo.state_and_model(s, user_id)
             if st is None:
                 return "untrained", None, None
             now = self.now()
@@ -453,12 +448,7 @@ class TrainingService:
 
         def work(s: Session) -> Bundle | None:
             user_id = self.auth.current_user(s).id
-            st = repo.state(s, user_id)
-            model = (
-                repo.user_model(s, user_id, st.current_version)
-                if st and st.current_version
-                else None
-            )
+            _, model = repo.state_and_model(s, user_id)
             if model is not None and model.schema_version != MODEL_SCHEMA_VERSION:
                 model = None  # trained for another schema: the population serves until retrained
             if model is not None:
