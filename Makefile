@@ -42,11 +42,17 @@ typecheck: $(STAMP)
 
 check: proto-check lint typecheck test
 
-# Ratios against bare grpcio servers measured in the same run; writes docs/benchmarks.md.
-# Server benchmarks (docs/benchmarks.md), then training and recommendation (docs/benchmarks-training.md).
+# Every benchmark as a ratio to a baseline measured in the same run (about 25 minutes): the
+# server, then training and recommendation, each writing $(BENCH_RESULTS)/*.json, then the page.
+# The whole chain in a few minutes (a check, not a measurement):
+#   make bench BENCH_RUN_ARGS="--rounds 1 --reps 1 --seconds 1" BENCH_TRAINING_ARGS=--quick \
+#     BENCH_RESULTS=/tmp/bench BENCH_PAGE=/tmp/bench/benchmarks.md
+BENCH_RESULTS ?= bench/results
+BENCH_PAGE ?= docs/benchmarks.md
 bench: $(STAMP)
-	$(PY) bench/run.py
-	$(PY) bench/training.py
+	$(PY) bench/run.py --results $(BENCH_RESULTS) $(BENCH_RUN_ARGS)
+	$(PY) bench/training.py --results $(BENCH_RESULTS) $(BENCH_TRAINING_ARGS)
+	$(PY) bench/report.py --results $(BENCH_RESULTS) --page $(BENCH_PAGE)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

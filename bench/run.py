@@ -1,33 +1,40 @@
-"""repwise benchmarks on PostgreSQL, each as a ratio to a bare grpcio server measured in the
-same run with the same load generator. `make bench` runs this; it writes docs/benchmarks.md.
+"""repwise server benchmarks on PostgreSQL, each as a ratio to a bare grpcio server measured in
+the same run with the same load generator. `make bench` runs this, then bench/training.py, then
+bench/report.py, which writes docs/benchmarks.md from the results of both.
 
 repwise runs as `repwise serve --workers N` (N = the CPUs, REPWISE_BENCH_WORKERS overrides).
 The unary baseline is the bare echo server run both ways, N processes sharing the port (the
-same shape as repwise: the ratio the goal is judged on) and one process; both are reported.
+same shape as repwise: the ratio the goals are judged on) and one process; both are reported.
 
-  1. CreateWorkout, retry (same id): h2load sends one CreateWorkout body over and over, so
-     after the first call every call takes the idempotent-retry path. Baseline: h2load against
-     the bare echo server with the same body.
-  2. CreateWorkout, new rows, one user: h2load sends one body for every request, so distinct
-     workouts need a Python load generator (bench/client.py); every call carries a fresh UUID.
-     Baseline: the same Python client against the bare echo server, same bytes, same
-     concurrency. One user's creates run one at a time (the per-user change lock).
-  3. CreateWorkout, new rows, 16 users: the same, each call slot signed in as its own user.
-  4. StreamHistory: a Python client streams a whole history in the columnar form
-     (StreamHistoryRequest.columnar, chunk_size default), decodes each message and counts
-     sets/s. Baseline: the same client reading one small message per set from a bare grpcio
-     streaming server (the one-message-per-set ceiling). The per-entry form is measured too,
-     for reference.
+  create  1. CreateWorkout, retry (same id): h2load sends one CreateWorkout body over and over,
+             so after the first call every call takes the idempotent-retry path.
+          2. CreateWorkout, new rows, one user: h2load sends one body for every request, so
+             distinct workouts need a Python load generator (bench/client.py); every call
+             carries a fresh UUID. One user's creates run one at a time (the change lock).
+          3. CreateWorkout, new rows, 16 users: the same, each call slot its own user.
+  stream  4. StreamHistory: a Python client streams a whole history in the columnar form,
+             decodes each message and counts sets/s, against the same client reading one small
+             message per set from a bare grpcio streaming server. The per-entry form too.
+  reads   5. GetWorkout of a stored workout, and 6. GetModelBundle answering "not modified",
+             by h2load with the bearer token of a synthetic user trained by `repwise train`;
+             7. Health/Check the same way, for reference: grpcio and repwise's interceptors
+             with no authentication and no database, the floor under every call.
 
-Every measurement has a warm-up, then 5 repetitions alternating baselines and repwise; the
-suite runs twice (two rounds). Reported: medians (min-max) and the ratio of the medians.
-PostgreSQL: 127.0.0.1:5432, user postgres (REPWISE_BENCH_POSTGRES_URL overrides); the script
-creates a database of its own and drops it at the end. h2load (Debian's nghttp2-client) is
-installed with apt-get when missing.
+Unary baselines: the bare echo server, the same load generator, the same request bytes, the
+same concurrency. Every measurement has a warm-up, then repetitions alternating baselines and
+repwise; the suite runs in rounds. While each repetition runs, the CPU time of the server's
+processes and PostgreSQL backends is counted, and the resident memory of every server process
+is sampled. h2load is installed with apt-get when missing. Usage:
+
+    python bench/run.py [--only reads] [--rounds 2] [--reps 5] [--results DIR]
+
+The results go to DIR/server.json (default bench/results); bench/report.py makes the page.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import re
@@ -38,14 +45,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -62,13 +74,15 @@ from repwise.v1 import (
     common_pb2,
     log_pb2,
     log_pb2_grpc,
+    training_pb2,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = os.environ.get(
     "REPWISE_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
+SUITES = ("create", "stream", "reads")
 ROUNDS = 2
 REPS = 5
 UNARY_SECONDS = 2  # per repetition (h2load -D takes whole seconds)
@@ -83,11 +97,26 @@ EXERCISES = 5
 SETS = 4
 HISTORY_WORKOUTS = 2000
 SYNC_BATCH = 500
-GOAL_CREATE = 0.35
-GOAL_STREAM = 20.0
+READ_USERS = 20  # synthetic users trained for the reads (the population model needs several)
+READ_WEEKS = 14  # about 200 logged exercises each, as in bench/training.py
+MEMORY_SAMPLE_SECONDS = 0.1
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 CREATE_METHOD = "/repwise.v1.LogService/CreateWorkout"
+GET_WORKOUT_METHOD = "/repwise.v1.LogService/GetWorkout"
 HISTORY_METHOD = "/repwise.v1.LogService/StreamHistory"
+BUNDLE_METHOD = "/repwise.v1.TrainingService/GetModelBundle"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: the defaults for `make bench`, less for a quick check."""
+
+    rounds: int = ROUNDS
+    reps: int = REPS
+    seconds: int = UNARY_SECONDS
+    suites: tuple[str, ...] = SUITES
 
 
 def say(message: str) -> None:
@@ -146,8 +175,8 @@ class Proc:
         raise SystemExit(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
 
     def pids(self) -> list[int]:
-        """The process and its children (the workers of a server with several)."""
-        return [self.popen.pid, *children(self.popen.pid)]
+        """The process, then its children (the workers of a server with several)."""
+        return [self.popen.pid, *sorted(children(self.popen.pid))]
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -188,21 +217,41 @@ def start_baseline(kind: str, logdir: Path, processes: int = 1) -> tuple[Proc, i
     return proc, int(proc.wait_line("PORT ").split()[1])
 
 
-def start_repwise(database_url: str, logdir: Path) -> tuple[Proc, int]:
-    port = free_port()
-    env = {
+def repwise_env(database_url: str) -> dict[str, str]:
+    return {
         **os.environ,
         "REPWISE_DATABASE_URL": database_url,
         "REPWISE_JWT_SECRET": "bench-secret-" + uuid.uuid4().hex,
         "REPWISE_BCRYPT_ROUNDS": "4",
         "REPWISE_LOG_LEVEL": "WARNING",
         "REPWISE_ACCESS_TOKEN_SECONDS": "3600",
+        "REPWISE_METRICS_PORT": "0",  # metrics on, as in production; the parent serves them
     }
+
+
+def start_repwise(env: dict[str, str], logdir: Path) -> tuple[Proc, int, str]:
+    """repwise's process, its port and its /metrics address."""
+    port = free_port()
     repwise = Path(sys.executable).parent / "repwise"
     command = [str(repwise), "serve", "--port", str(port), "--workers", str(WORKERS)]
     proc = Proc("repwise", command, env, logdir)
     proc.wait_line("repwise serving on")
-    return proc, port
+    metrics = proc.wait_line("repwise metrics on").rsplit(" ", 1)[1]
+    return proc, port, metrics
+
+
+def handled(metrics_url: str, method: str) -> Counter[str]:
+    """How many calls of `method` the server finished, by status code (grpc_server_handled
+    from its Prometheus metrics: the sum over its workers)."""
+    service, name = method.strip("/").split("/")
+    labels = f'grpc_method="{name}",grpc_service="{service}"'
+    counts: Counter[str] = Counter()
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("grpc_server_handled_total{") and labels in line:
+                code = line.split('grpc_code="', 1)[1].split('"', 1)[0]
+                counts[code] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -244,7 +293,12 @@ def grpc_frame(message: bytes) -> bytes:
 # --- measurements -----------------------------------------------------------------------------
 
 
-def h2load(url: str, body: Path, token: str, seconds: int) -> dict:
+def h2load(url: str, body: Path, token: str, seconds: int, answer: bytes) -> dict:
+    """Calls/s of h2load against `url`, every call sending `body`.
+
+    h2load counts HTTP 200 as success whatever grpc-status says. An answer other than OK
+    carries no message (grpc-status in trailers only), so the bytes of response data tell:
+    every finished call must have received exactly the expected `answer` message."""
     cmd = [
         "h2load",
         f"-c{H2LOAD_CLIENTS}",
@@ -266,18 +320,21 @@ def h2load(url: str, body: Path, token: str, seconds: int) -> dict:
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     reqs = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+)", out)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    if not (rate and reqs and codes):
+    traffic = re.search(r"traffic: .*?, [\d.]+\w* \((\d+)\) data", out)
+    if not (rate and reqs and codes and traffic):
         raise SystemExit(f"cannot read h2load output:\n{out}")
     done, succeeded, failed = int(reqs[2]), int(reqs[3]), int(reqs[4])
     # Calls still in flight when the time is up are counted in "status codes" but not "done".
-    if (
-        failed
-        or succeeded != done
-        or int(codes[1]) < done
-        or any(int(c) for c in codes.groups()[1:])
-    ):
+    answered = int(codes[1])
+    if failed or succeeded != done or answered < done or any(int(c) for c in codes.groups()[1:]):
         raise SystemExit(f"h2load saw failed requests or non-2xx statuses:\n{out}")
-    return {"rate": float(rate[1]), "ok": succeeded, "failed": 0}
+    frame, data = len(grpc_frame(answer)), int(traffic[1])
+    if not done * frame <= data <= answered * frame:
+        raise SystemExit(
+            f"h2load received {data} bytes of messages for {done} calls of {frame} bytes "
+            f"each: some answers were not OK\n{out}"
+        )
+    return {"rate": float(rate[1]), "ok": succeeded, "failed": 0, "answer_bytes": data}
 
 
 def stream_rate(
@@ -319,40 +376,101 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values[:8]) - idle) / TICKS, sum(values[:8]) / TICKS
 
 
-def with_cpu(
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, Pss) of a process in kB: resident pages, and the same with each page shared
+    by n processes counted 1/n (the memory of forked workers is partly shared)."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+                break
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+                break
+    except OSError:
+        pass  # the process ended
+    return rss, pss
+
+
+class MemorySampler:
+    """Samples the memory of a server's processes every MEMORY_SAMPLE_SECONDS while a
+    measurement runs: the peak of each process, and the peak of their sum at one instant."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak_rss = [0] * len(pids)
+        self.peak_total_rss = self.peak_total_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        both = [memory_kb(pid) for pid in self.pids]
+        self.peak_rss = [max(a, b[0]) for a, b in zip(self.peak_rss, both, strict=True)]
+        self.peak_total_rss = max(self.peak_total_rss, sum(b[0] for b in both))
+        self.peak_total_pss = max(self.peak_total_pss, sum(b[1] for b in both))
+
+    def _run(self) -> None:
+        while not self._stop.wait(MEMORY_SAMPLE_SECONDS):
+            self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def result(self) -> dict:
+        return {
+            "rss_kb": self.peak_rss,
+            "total_rss_kb": self.peak_total_rss,
+            "total_pss_kb": self.peak_total_pss,
+        }
+
+
+def observed(
     measure: Callable[[bool], dict], server: Callable[[], list[int]], db: Callable[[], list[int]]
 ) -> Callable[[bool], dict]:
-    """`measure`, plus the CPU time its server process, its PostgreSQL backends and the
-    whole machine spent meanwhile, per operation counted (call or set)."""
+    """`measure`, plus the CPU time its server processes, its PostgreSQL backends and the
+    whole machine spent meanwhile, per operation counted (call or set), and the server
+    processes' peak memory."""
 
     def run(warm: bool) -> dict:
         server_pids, db_pids = server(), db()
         before = (cpu_seconds(server_pids), cpu_seconds(db_pids), machine_busy())
-        result = measure(warm)
+        with MemorySampler(server_pids) as memory:
+            result = measure(warm)
         after = (cpu_seconds(server_pids), cpu_seconds(db_pids), machine_busy())
         ops = max(result["ok"], 1)
         result["cpu_server"] = (after[0] - before[0]) / ops
         result["cpu_db"] = (after[1] - before[1]) / ops
         busy, total = after[2][0] - before[2][0], after[2][1] - before[2][1]
         result["machine_busy"] = busy / total if total else 0.0
+        result["memory"] = memory.result()
         return result
 
     return run
 
 
-def pair(name: str, sides: dict[str, Callable[[bool], dict]]) -> dict[str, list[dict]]:
-    """Warm-up of each side, then REPS repetitions of every side in turn (baselines first,
+def pair(name: str, sides: dict[str, Callable[[bool], dict]], reps: int) -> dict[str, list[dict]]:
+    """Warm-up of each side, then `reps` repetitions of every side in turn (baselines first,
     repwise last). Each side takes (warm) and returns at least `rate` and `ok`. The side
     "baseline" is the one the goal is judged against."""
     for measure in sides.values():
         measure(True)
     runs: dict[str, list[dict]] = {side: [] for side in sides}
-    for _ in range(REPS):
+    for _ in range(reps):
         for side, measure in sides.items():
             runs[side].append(measure(False))
     rates = {side: statistics.median(r["rate"] for r in runs[side]) for side in sides}
     shown = ", ".join(f"{side} {rate:,.0f}/s" for side, rate in rates.items())
-    say(f"{name}: {shown}, ratio {rates['repwise'] / rates['baseline']:.3f}")
+    cpu = statistics.median(r["cpu_server"] for r in runs["repwise"]) * 1e3
+    say(f"{name}: {shown}, ratio {rates['repwise'] / rates['baseline']:.3f}, {cpu:.3f} ms CPU")
     return runs
 
 
@@ -371,27 +489,28 @@ def count_rows(engine, user_id: str) -> tuple[int, int]:  # type: ignore[no-unty
 
 
 class Suite:
-    def __init__(self, database_url: str, logdir: Path) -> None:
+    def __init__(self, database_url: str, logdir: Path, plan: Plan) -> None:
         self.database_url = database_url
         self.logdir = logdir
+        self.plan = plan
         self.engine = create_engine(database_url)
         self.procs: list[Proc] = []
         self.echo, self.echo_port = start_baseline("echo", logdir, WORKERS)
         self.echo_1, self.echo_1_port = start_baseline("echo", logdir, 1)
         self.stream, self.stream_port = start_baseline("stream", logdir)
-        self.repwise, self.port = start_repwise(database_url, logdir)
+        self.env = repwise_env(database_url)
+        self.repwise, self.port, self.metrics_url = start_repwise(self.env, logdir)
         self.procs += [self.echo, self.echo_1, self.stream, self.repwise]
         self.target = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.target)
         grpc.channel_ready_future(self.channel).result(timeout=30)
-        self.echo_channel = grpc.insecure_channel(f"127.0.0.1:{self.echo_port}")
         self.stream_channel = grpc.insecure_channel(f"127.0.0.1:{self.stream_port}")
         self.logs = log_pb2_grpc.LogServiceStub(self.channel)
-        auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         password = "bench password " + uuid.uuid4().hex[:8]
 
         def register(email: str) -> auth_pb2.RegisterResponse:
-            return auth.Register(auth_pb2.RegisterRequest(email=email, password=password))
+            return self.auth.Register(auth_pb2.RegisterRequest(email=email, password=password))
 
         self.creator = register("creator@bench.example")
         self.reader = register("reader@bench.example")
@@ -411,9 +530,8 @@ class Suite:
             workout=workout(PLACEHOLDER, self.exercise_ids, start)
         ).SerializeToString()
         assert len(self.new_template) == len(self.retry_request)
-        self.body = logdir / "create.grpc"
-        self.body.write_bytes(grpc_frame(self.retry_request))
         self.history_sets = 0
+        self.trained: tuple[str, log_pb2.Workout, int] | None = None
 
     def db_pids(self) -> list[int]:
         """PostgreSQL backends serving repwise (the script's own connection excluded)."""
@@ -433,61 +551,95 @@ class Suite:
         repwise: Callable[[bool], dict],
     ) -> dict[str, list[dict]]:
         sides = {
-            side: with_cpu(measure, proc.pids, list) for side, (measure, proc) in baselines.items()
+            side: observed(measure, proc.pids, list) for side, (measure, proc) in baselines.items()
         }
-        sides["repwise"] = with_cpu(repwise, self.repwise.pids, self.db_pids)
-        return pair(name, sides)
+        sides["repwise"] = observed(repwise, self.repwise.pids, self.db_pids)
+        return pair(name, sides, self.plan.reps)
 
     @staticmethod
     def bearer(token: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {token}"),)
 
     def close(self) -> None:
-        for channel in (self.channel, self.echo_channel, self.stream_channel):
+        for channel in (self.channel, self.stream_channel):
             channel.close()
         for proc in self.procs:
             proc.stop()
         self.engine.dispose()
 
+    def unary_h2load(
+        self, name: str, method: str, request: bytes, token: str
+    ) -> tuple[dict[str, list[dict]], bytes]:
+        """h2load sending `request` to repwise's `method` and to both echo servers; each
+        side's every answer is checked against the one a Python client gets first, and
+        repwise must count every call it finished as OK. Returns the runs and its answer."""
+        metadata = self.bearer(token)
+        answer = self.channel.unary_unary(method)(request, metadata=metadata)
+        for port in (self.echo_port, self.echo_1_port):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                assert channel.unary_unary(ECHO_METHOD)(request) == request
+        body = self.logdir / f"{method.rsplit('/', 1)[1]}.grpc"
+        body.write_bytes(grpc_frame(request))
+        seconds = self.plan.seconds
+
+        def run(url: str, expected: bytes) -> Callable[[bool], dict]:
+            return lambda warm: h2load(
+                url, body, token, WARMUP_SECONDS if warm else seconds, expected
+            )
+
+        def counted(warm: bool) -> dict:
+            before = handled(self.metrics_url, method)
+            result = run(f"http://{self.target}{method}", answer)(warm)
+            after = handled(self.metrics_url, method)
+            after.subtract(before)
+            # Calls in flight when h2load stopped finish after it counted them.
+            in_flight = H2LOAD_CLIENTS * H2LOAD_STREAMS
+            if +after != Counter(OK=after["OK"]) or not (
+                result["ok"] <= after["OK"] <= result["ok"] + in_flight
+            ):
+                raise SystemExit(f"{method}: {result['ok']} calls done, server counted {after}")
+            return result
+
+        runs = self.pair(
+            name,
+            {
+                "baseline": (
+                    run(f"http://127.0.0.1:{self.echo_port}{ECHO_METHOD}", request),
+                    self.echo,
+                ),
+                "baseline_1": (
+                    run(f"http://127.0.0.1:{self.echo_1_port}{ECHO_METHOD}", request),
+                    self.echo_1,
+                ),
+            },
+            counted,
+        )
+        again = self.channel.unary_unary(method)(request, metadata=metadata)
+        assert again == answer, f"{method} answers differently after the run"
+        return runs, answer
+
     # CreateWorkout, same id, h2load.
     def create_retry(self) -> dict:
         metadata = self.bearer(self.creator.access_token)
         raw = self.channel.unary_unary(CREATE_METHOD)
-        # h2load counts HTTP 200 as success whatever grpc-status says: check the exact body.
-        answer = log_pb2.CreateWorkoutResponse.FromString(
-            raw(self.retry_request, metadata=metadata)
-        )
-        stored = answer.workout
-        assert len(stored.exercises) == EXERCISES
-        assert all(len(p.sets) == SETS for p in stored.exercises)
-        for port in (self.echo_port, self.echo_1_port):
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                echoed = channel.unary_unary(ECHO_METHOD)(self.retry_request)
-                assert echoed == self.retry_request
+        first = log_pb2.CreateWorkoutResponse.FromString(raw(self.retry_request, metadata=metadata))
+        assert len(first.workout.exercises) == EXERCISES
+        assert all(len(p.sets) == SETS for p in first.workout.exercises)
         before = count_rows(self.engine, self.creator.user.id)
-        token = self.creator.access_token
-
-        def run(url: str) -> Callable[[bool], dict]:
-            return lambda warm: h2load(
-                url, self.body, token, WARMUP_SECONDS if warm else UNARY_SECONDS
-            )
-
-        runs = self.pair(
+        runs, answer = self.unary_h2load(
             "CreateWorkout retry (h2load)",
-            {
-                "baseline": (run(f"http://127.0.0.1:{self.echo_port}{ECHO_METHOD}"), self.echo),
-                "baseline_1": (
-                    run(f"http://127.0.0.1:{self.echo_1_port}{ECHO_METHOD}"),
-                    self.echo_1,
-                ),
-            },
-            run(f"http://{self.target}{CREATE_METHOD}"),
+            CREATE_METHOD,
+            self.retry_request,
+            self.creator.access_token,
         )
         after = count_rows(self.engine, self.creator.user.id)
-        again = log_pb2.CreateWorkoutResponse.FromString(raw(self.retry_request, metadata=metadata))
-        assert again.workout.etag == stored.etag, "the retried workout changed"
+        assert answer == first.SerializeToString(), "the retried workout changed"
         assert after == before, f"retries stored rows: {before} -> {after}"
-        return {"runs": runs, "check": "no row added; the retry still answers OK, same etag"}
+        return {
+            "runs": runs,
+            "check": "no row added; every answer was the stored workout, "
+            f"{len(answer):,} bytes, as before the run",
+        }
 
     # CreateWorkout, a new workout per call, Python client.
     def create_new(self, users: list[auth_pb2.RegisterResponse]) -> dict:
@@ -517,7 +669,7 @@ class Suite:
         def measure(load: LoadGenerator, counts: bool) -> Callable[[bool], dict]:
             def run(warm: bool) -> dict:
                 nonlocal created
-                result = load.run(WARMUP_SECONDS if warm else UNARY_SECONDS)
+                result = load.run(WARMUP_SECONDS if warm else self.plan.seconds)
                 if result["failed"]:
                     raise SystemExit(f"{result['failed']} calls failed: {result['error']}")
                 if counts:
@@ -581,9 +733,11 @@ class Suite:
         if not self.history_sets:
             started = time.perf_counter()
             self.seed_history()
+            rss = [memory_kb(pid)[0] // 1024 for pid in self.repwise.pids()]
             say(
                 f"seeded {HISTORY_WORKOUTS:,} workouts ({self.history_sets:,} sets) "
-                f"with SyncWorkouts in {time.perf_counter() - started:.1f}s"
+                f"with SyncWorkouts in {time.perf_counter() - started:.1f}s; "
+                f"repwise's processes now hold {rss} MB"
             )
         metadata = self.bearer(self.reader.access_token)
         request = log_pb2.StreamHistoryRequest(columnar=columnar).SerializeToString()
@@ -620,8 +774,95 @@ class Suite:
             "check": f"every run received all {want:,} sets ({chunks} messages from repwise)",
         }
 
+    def train_reader(self) -> tuple[str, log_pb2.Workout, int]:
+        """Loads READ_USERS synthetic users, trains them all with `repwise train --all`, and
+        signs in as the first: (access token, their latest workout as the server sends it,
+        their model version)."""
+        from server.db import Database
+        from server.training import synthetic
 
-# --- report -----------------------------------------------------------------------------------
+        started = time.perf_counter()
+        people = synthetic.generate_users(READ_USERS, seed=5, weeks=READ_WEEKS)
+        db = Database(self.database_url, pool_size=1)
+        try:
+            synthetic.load_users(db, people)
+        finally:
+            db.dispose()
+        train = [str(Path(sys.executable).parent / "repwise"), "train", "--all", "--quiet"]
+        trained = subprocess.run(train, env=self.env, capture_output=True, text=True)
+        if trained.returncode != 0:
+            raise SystemExit(f"repwise train failed:\n{trained.stdout}\n{trained.stderr}")
+        person = people[0]
+        login = self.auth.Login(
+            auth_pb2.LoginRequest(email=person.email, password=synthetic.SYNTHETIC_PASSWORD)
+        )
+        metadata = self.bearer(login.access_token)
+        latest = person.workouts[-1]
+        got = self.logs.GetWorkout(log_pb2.GetWorkoutRequest(id=latest.id), metadata=metadata)
+        assert got.workout.id == latest.id
+        assert [len(p.sets) for p in got.workout.exercises] == [
+            len(p.sets) for p in latest.exercises
+        ], "GetWorkout answered another workout"
+        bundle_call = self.channel.unary_unary(
+            BUNDLE_METHOD,
+            request_serializer=training_pb2.GetModelBundleRequest.SerializeToString,
+            response_deserializer=training_pb2.GetModelBundleResponse.FromString,
+        )
+        full = bundle_call(training_pb2.GetModelBundleRequest(), metadata=metadata).bundle
+        assert not full.is_population_model and full.model_version > 0, "not trained"
+        assert len(full.exercise_stats) > 0
+        say(
+            f"loaded {READ_USERS} synthetic users and ran `repwise train --all` in "
+            f"{time.perf_counter() - started:.1f}s ({trained.stdout.strip()}); "
+            f"the reader's model version {full.model_version}, bundle {full.ByteSize():,} bytes"
+        )
+        return login.access_token, got.workout, full.model_version
+
+    def reads(self) -> dict:
+        if self.trained is None:
+            self.trained = self.train_reader()
+        token, stored, version = self.trained
+        request = log_pb2.GetWorkoutRequest(id=stored.id).SerializeToString()
+        runs, answer = self.unary_h2load("GetWorkout (h2load)", GET_WORKOUT_METHOD, request, token)
+        got = log_pb2.GetWorkoutResponse.FromString(answer).workout
+        assert got == stored, "GetWorkout answered something else than the stored workout"
+        sets = sum(len(p.sets) for p in got.exercises)
+        workout_result = {
+            "runs": runs,
+            "check": f"every answer was the stored workout ({len(got.exercises)} exercises, "
+            f"{sets} sets, {len(answer):,} bytes)",
+        }
+        request = training_pb2.GetModelBundleRequest(known_version=version).SerializeToString()
+        runs, answer = self.unary_h2load(
+            "GetModelBundle not modified (h2load)", BUNDLE_METHOD, request, token
+        )
+        assert training_pb2.GetModelBundleResponse.FromString(answer).not_modified
+        bundle_result = {
+            "runs": runs,
+            "check": f"every answer was not_modified=true ({len(answer)} bytes) for the "
+            f"user's current model version {version}",
+        }
+        runs, answer = self.unary_h2load("Health/Check (h2load)", HEALTH_METHOD, b"", token)
+        assert health_pb2.HealthCheckResponse.FromString(answer).status == SERVING
+        health_result = {"runs": runs, "check": "every answer was SERVING"}
+        return {
+            "get_workout": workout_result,
+            "bundle_not_modified": bundle_result,
+            "health_check": health_result,
+        }
+
+    def round(self) -> dict:
+        result: dict[str, dict] = {}
+        if "create" in self.plan.suites:
+            result["create_retry"] = self.create_retry()
+            result["create_new"] = self.create_new([self.creator])
+            result["create_new_users"] = self.create_new(self.crowd)
+        if "stream" in self.plan.suites:
+            result["stream_history"] = self.stream_history(columnar=True)
+            result["stream_history_entries"] = self.stream_history(columnar=False)
+        if "reads" in self.plan.suites:
+            result.update(self.reads())
+        return result
 
 
 def machine(engine) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -630,308 +871,32 @@ def machine(engine) -> dict[str, str]:  # type: ignore[no-untyped-def]
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+    memory = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
     with engine.connect() as conn:
         pg = conn.execute(text("SHOW server_version")).scalar_one()
     h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
     return {
         "CPUs (nproc)": str(len(os.sched_getaffinity(0))),
         "CPU": cpu,
+        "Memory": f"{int(memory) / 2**20:.1f} GiB",
         "Kernel": platform.release(),
         "Python": platform.python_version(),
         "grpcio": grpc.__version__,
         "PostgreSQL": str(pg),
         "h2load": h2,
-        "Load average before the run": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "Load average before the server benchmarks": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-
-
-def summary(runs: list[dict]) -> tuple[float, float, float]:
-    rates = [r["rate"] for r in runs]
-    return statistics.median(rates), min(rates), max(rates)
-
-
-def fmt(runs: list[dict]) -> str:
-    median, low, high = summary(runs)
-    return f"{median:,.0f} ({low:,.0f}-{high:,.0f})"
-
-
-# key, title, unit, baseline name, goal (None: for reference), goal text
-BENCHMARKS: list[tuple[str, str, str, str, float | None, str]] = [
-    (
-        "create_retry",
-        "CreateWorkout, retry of the same id (h2load)",
-        "calls/s",
-        "bare grpcio echo, h2load",
-        GOAL_CREATE,
-        "≥ 0.35 × bare echo",
-    ),
-    (
-        "create_new",
-        "CreateWorkout, a new workout per call, one user (Python client)",
-        "calls/s",
-        "bare grpcio echo, same Python client",
-        GOAL_CREATE,
-        "≥ 0.35 × bare echo",
-    ),
-    (
-        "create_new_users",
-        f"CreateWorkout, a new workout per call, {USERS} users (Python client)",
-        "calls/s",
-        "bare grpcio echo, same Python client",
-        GOAL_CREATE,
-        "≥ 0.35 × bare echo",
-    ),
-    (
-        "stream_history",
-        "StreamHistory, columnar form (Python client)",
-        "sets/s",
-        "bare grpcio stream, one message per set, same client",
-        GOAL_STREAM,
-        "≥ 20 × bare",
-    ),
-    (
-        "stream_history_entries",
-        "StreamHistory, per-entry form, for reference (Python client)",
-        "sets/s",
-        "bare grpcio stream, one message per set, same client",
-        None,
-        "none (reference)",
-    ),
-]
-
-
-def limits(rounds: list[dict]) -> list[str]:
-    """What bounds each result, from this run's CPU measurements (medians over rounds)."""
-
-    def cpu(key: str, side: str, field: str) -> float:
-        return statistics.median(
-            statistics.median(r[field] for r in result[key]["runs"][side]) for result in rounds
-        )
-
-    def rate(key: str, side: str) -> float:
-        return statistics.median(summary(result[key]["runs"][side])[0] for result in rounds)
-
-    create = {
-        key: (cpu(key, "repwise", "cpu_server") * 1e3, cpu(key, "repwise", "cpu_db") * 1e3)
-        for key in ("create_retry", "create_new", "create_new_users")
-    }
-    echo = cpu("create_new_users", "baseline", "cpu_server") * 1e3
-    target = GOAL_CREATE * rate("create_new_users", "baseline")
-    cores = len(os.sched_getaffinity(0))
-    stream_server = cpu("stream_history", "repwise", "cpu_server") * 1e6
-    stream_db = cpu("stream_history", "repwise", "cpu_db") * 1e6
-    bare_set = cpu("stream_history", "baseline", "cpu_server") * 1e6
-    one_user, many = rate("create_new", "repwise"), rate("create_new_users", "repwise")
-    retry_server, retry_db = create["create_retry"]
-    new_server, new_db = create["create_new_users"]
-    return [
-        "## What bounds these numbers",
-        "",
-        "From the CPU tables above (medians over the rounds); the machine has "
-        f"{cores} cores, shared",
-        "by the servers, PostgreSQL and the load generators.",
-        "",
-        f"- **CreateWorkout** costs repwise {retry_server:.1f} ms of server CPU and "
-        f"{retry_db:.1f} ms of PostgreSQL",
-        f"  CPU per retried call, {new_server:.1f} ms and {new_db:.1f} ms per stored workout "
-        "(many users), against",
-        f"  {echo:.2f} ms per call for the bare echo server. 0.35 × the echo rate is "
-        f"{target:,.0f} calls/s,",
-        f"  which leaves at most {cores * 1000 / target:.2f} ms of CPU per call for the server "
-        "and PostgreSQL together",
-        "  even with the load generator taking nothing. Each create checks the caller's",
-        "  session, looks up its exercises and the workout id (a statement each, through",
-        "  SQLAlchemy), and a new workout then takes the user's change number and is inserted",
-        "  with its exercises and sets in one statement on PostgreSQL, then committed. Trimming",
-        "  statements does not close that gap; it would take the create path out of",
-        "  SQLAlchemy (and much of it out of Python).",
-        f"- One user's creates are serialized by the user's change lock ({one_user:,.0f}/s "
-        f"for one user,",
-        f"  {many:,.0f}/s over {USERS} users): each holds the lock from its insert to its commit.",
-        f"- **StreamHistory** in the columnar form costs repwise {stream_server:.1f} µs of "
-        f"server CPU and {stream_db:.1f} µs",
-        f"  of PostgreSQL CPU per set, against {bare_set:.1f} µs per message for the bare",
-        "  one-message-per-set server. PostgreSQL reads one row per set (workout_sets), the",
-        "  largest single cost now; the ratio also moves with the baseline, which varies by a",
-        "  quarter or more between runs on this shared machine.",
-        "",
-    ]
-
-
-def write_doc(info: dict[str, str], rounds: list[dict], took: float) -> None:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Generated by `make bench` (`bench/run.py`); do not edit by hand. Speed is only ever",
-        "quoted as a ratio to a bare grpcio server measured in the same run with the same load",
-        "generator, because the machine is small and shared: absolute numbers move between",
-        "runs, ratios much less.",
-        "",
-        "## How to run",
-        "",
-        "```sh",
-        "make bench                  # this page, then the training benchmarks",
-        ".venv/bin/python bench/run.py   # this page only: about 5 minutes; rewrites it",
-        "```",
-        "",
-        "Needs PostgreSQL at `127.0.0.1:5432` (user `postgres`, trust auth;",
-        "`REPWISE_BENCH_POSTGRES_URL` overrides): the script creates a database of its own and",
-        "drops it at the end. It installs h2load (`apt-get install -y nghttp2-client`) when",
-        "missing. The servers, each its own process (or processes):",
-        "",
-        f"- **repwise**: `repwise serve --workers {WORKERS}` on a free port, PostgreSQL: "
-        f"{WORKERS} server",
-        "  processes sharing the port (SO_REUSEPORT), each with the defaults (16 worker threads",
-        "  and 16 pooled connections), `REPWISE_BCRYPT_ROUNDS=4`, `REPWISE_LOG_LEVEL=WARNING`.",
-        "  `REPWISE_BENCH_WORKERS` sets the number of workers (default: the CPUs).",
-        f"- **bare echo**, run two ways: {WORKERS} processes sharing the port like repwise's "
-        "workers (the",
-        "  baseline the goal is judged against) and a single process (its ratio is shown too).",
-        "  grpcio unary server, generic handler, 16 threads per process, answers each request",
-        "  with its own bytes (the CreateWorkout request: "
-        f"{EXERCISES} exercises × {SETS} sets, the same bytes repwise gets).",
-        "- **bare stream**: grpcio server-streaming server, one process (a stream is one call,",
-        "  served by one repwise worker too), generic handler, 16 threads, one serialized",
-        "  `ExerciseSet` per message: the one-message-per-set ceiling.",
-        "",
-        f"Every measurement: a warm-up, then {REPS} repetitions, each running the baselines and",
-        f"then repwise ({UNARY_SECONDS} s each for unary calls; one whole stream each for",
-        f"StreamHistory). The suite runs {ROUNDS} times (rounds). Tables give the median",
-        "(min-max) of the repetitions; the ratio is repwise's median over the baseline's median.",
-        "",
-        "Load generators:",
-        "",
-        f"- **h2load** (`-c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS} -t1`, "
-        f"{H2LOAD_CLIENTS * H2LOAD_STREAMS} calls in flight on {H2LOAD_CLIENTS} connections,",
-        "  about 0.15 core) sends gRPC frames as a POST body with `content-type:",
-        "  application/grpc`, `te: trailers` and the bearer token. h2load sends the *same body*",
-        "  for every request (`-d` takes one file; no per-request bodies), so against",
-        "  CreateWorkout it measures the idempotent-retry path: after the first call every call",
-        "  finds the stored workout and returns it. h2load counts HTTP 200 as success whatever",
-        "  `grpc-status` says, so the script first sends the exact body with a Python client",
-        "  (must be OK with the full workout), and after the run checks that no row was added",
-        "  and the retry still answers OK with the same etag.",
-        f"- **Python client** (`bench/client.py`: {PY_PROCESSES} processes × "
-        f"{PY_CONCURRENCY} calls in flight, each",
-        "  process on 4 grpc.aio channels of their own connection, raw bytes, about 0.8 of the",
-        "  2 cores) for real inserts: each call replaces a placeholder UUID in the serialized",
-        "  request with a fresh one, so every call stores a new workout. The echo baselines get",
-        "  the same client, the same bytes, the same concurrency. Measured twice: every call as",
-        f"  one user, and each of the {USERS} call slots as its own user. One user's creates run",
-        "  one at a time (each takes the user's change lock to number the change feed), so",
-        "  the first shows how fast one account can store workouts and the second how fast",
-        "  the server does for many. After each run the script checks that the new rows equal",
-        "  the OK answers (1 workout and 20 sets each). The client shares the 2 cores with the",
-        "  server, for baselines and repwise alike.",
-        f"- **StreamHistory**: {HISTORY_WORKOUTS:,} workouts × {EXERCISES} exercises × "
-        f"{SETS} sets = {HISTORY_WORKOUTS * EXERCISES * SETS:,} sets,",
-        f"  stored with SyncWorkouts in batches of {SYNC_BATCH}, streamed whole "
-        "(default chunk_size)",
-        "  by one synchronous Python client that decodes each message (`FromString`: every",
-        "  column or entry parsed) and counts sets. The goal row uses the columnar form",
-        "  (`StreamHistoryRequest.columnar`); the per-entry form is measured the same way for",
-        "  reference. The baseline streams the same number of one-set messages to the same",
-        "  client.",
-        "",
-        "## Machine",
-        "",
-        "| | |",
-        "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in info.items()],
-        f"| repwise workers | {WORKERS} |",
-        f"| Whole run | {took:.0f} s |",
-        "",
-        "## Results",
-        "",
-    ]
-    verdicts: dict[str, list[bool]] = {}
-    for key, title, unit, base_name, goal, goal_text in BENCHMARKS:
-        two = "baseline_1" in rounds[0][key]["runs"]
-        if two:
-            header = (
-                f"| Round | Baseline: {base_name}, {WORKERS} processes ({unit}) | "
-                f"1 process ({unit}) | repwise, {WORKERS} workers ({unit}) | "
-                f"Ratio | Ratio to 1 process | Goal | Met |"
-            )
-            rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
-        else:
-            header = (
-                f"| Round | Baseline: {base_name} ({unit}) | repwise ({unit}) "
-                "| Ratio | Goal | Met |"
-            )
-            rule = "| --- | --- | --- | --- | --- | --- |"
-        lines += [f"### {title}", "", header, rule]
-        checks = []
-        for n, result in enumerate(rounds, 1):
-            runs = result[key]["runs"]
-            ratio = summary(runs["repwise"])[0] / summary(runs["baseline"])[0]
-            if goal is None:
-                met_text = "—"
-            else:
-                met = ratio >= goal
-                verdicts.setdefault(key, []).append(met)
-                met_text = "yes" if met else "**no**"
-            if two:
-                ratio_1 = summary(runs["repwise"])[0] / summary(runs["baseline_1"])[0]
-                lines.append(
-                    f"| {n} | {fmt(runs['baseline'])} | {fmt(runs['baseline_1'])} | "
-                    f"{fmt(runs['repwise'])} | **{ratio:.3f}** | {ratio_1:.3f} | "
-                    f"{goal_text} | {met_text} |"
-                )
-            else:
-                lines.append(
-                    f"| {n} | {fmt(runs['baseline'])} | {fmt(runs['repwise'])} | "
-                    f"**{ratio:.3f}** | {goal_text} | {met_text} |"
-                )
-            checks.append(f"round {n}: {result[key]['check']}")
-        per, scale = ("set", 1e6) if unit == "sets/s" else ("call", 1e3)
-        tick = "µs" if per == "set" else "ms"
-        lines += [
-            "",
-            f"CPU time per {per} ({tick}, median of the repetitions; a server of several "
-            "processes counts them all) and how busy the whole machine was (both cores, load "
-            "generator included):",
-            "",
-            "| Round | bare server | repwise server | PostgreSQL backends | machine busy, "
-            "bare / repwise |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for n, result in enumerate(rounds, 1):
-            runs = result[key]["runs"]
-
-            def med(side: str, field: str, runs: dict = runs) -> float:
-                return statistics.median(r[field] for r in runs[side])
-
-            lines.append(
-                f"| {n} | {med('baseline', 'cpu_server') * scale:.3f} | "
-                f"{med('repwise', 'cpu_server') * scale:.3f} | "
-                f"{med('repwise', 'cpu_db') * scale:.3f} | "
-                f"{med('baseline', 'machine_busy'):.0%} / {med('repwise', 'machine_busy'):.0%} |"
-            )
-        lines += ["", "Checks: " + "; ".join(checks) + ".", ""]
-    lines += ["## Verdict", ""]
-    for key, title, _unit, _base, goal, goal_text in BENCHMARKS:
-        if goal is None:
-            continue
-        outcomes = verdicts[key]
-        state = (
-            "met" if all(outcomes) else ("not met" if not any(outcomes) else "met in some rounds")
-        )
-        lines.append(f"- {title}: goal {goal_text} — **{state}** in {ROUNDS} rounds.")
-    lines += [
-        "",
-        "The issue's CreateWorkout goal is about storing workouts; the rows to read for it are",
-        "*a new workout per call*. The retry row is CreateWorkout without inserts: the server",
-        "finds the stored workout (same id, same content) and answers with it, without taking",
-        "the user's change lock.",
-        "",
-        *limits(rounds),
-    ]
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text("\n".join(lines))
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=SUITES, action="append", help="run only these suites")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--reps", type=int, default=REPS, help="repetitions per round")
+    parser.add_argument("--seconds", type=int, default=UNARY_SECONDS, help="per unary repetition")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where server.json goes")
+    args = parser.parse_args()
+    plan = Plan(args.rounds, args.reps, args.seconds, tuple(args.only or SUITES))
     began = time.perf_counter()
     ensure_h2load()
     name = f"repwise_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -944,18 +909,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="repwise-bench-") as tmp:
         suite = None
         try:
-            suite = Suite(database_url, Path(tmp))
-            for n in range(1, ROUNDS + 1):
-                say(f"round {n} of {ROUNDS} ({WORKERS} repwise workers)")
-                rounds.append(
-                    {
-                        "create_retry": suite.create_retry(),
-                        "create_new": suite.create_new([suite.creator]),
-                        "create_new_users": suite.create_new(suite.crowd),
-                        "stream_history": suite.stream_history(columnar=True),
-                        "stream_history_entries": suite.stream_history(columnar=False),
-                    }
-                )
+            suite = Suite(database_url, Path(tmp), plan)
+            for n in range(1, plan.rounds + 1):
+                say(f"round {n} of {plan.rounds} ({WORKERS} repwise workers)")
+                rounds.append(suite.round())
         finally:
             if suite is not None:
                 suite.close()
@@ -963,8 +920,23 @@ def main() -> int:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
     took = time.perf_counter() - began
-    write_doc(info, rounds, took)
-    say(f"wrote {DOC.relative_to(ROOT)} in {took:.0f}s")
+    results = {
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "plan": {
+            "rounds": plan.rounds,
+            "reps": plan.reps,
+            "seconds": plan.seconds,
+            "suites": list(plan.suites),
+            "workers": WORKERS,
+        },
+        "took_s": took,
+        "rounds": rounds,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / "server.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"wrote {out} in {took:.0f}s")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Training and recommendation benchmarks (issue 4), each a ratio to a baseline measured in the
-same run. `make bench` runs this after bench/run.py; it writes docs/benchmarks-training.md.
+same run. `make bench` runs this after bench/run.py; bench/report.py puts its results
+(bench/results/training.json) on docs/benchmarks.md.
 
   1. Trainer users/s: fitting synthetic users' ridge models (λ by LOO over the same grid) with
      server.training.ridge.fit_users, and the whole per-user fit (ridge, weight tuning,
@@ -12,8 +13,9 @@ same run. `make bench` runs this after bench/run.py; it writes docs/benchmarks-t
   3. SDK recommend p99 with the 873 free-exercise-db exercises as candidates, against the median
      of the bare numpy scoring kernel (ŷ = sW, cosines, weighted sum, top-k) on the same arrays.
 
-Medians of repeated runs; the suite runs twice. Usage:
-    python bench/training.py [--users 10000] [--quick]
+Medians of repeated runs (the batch run once per round: it takes minutes); the suite runs
+twice. Usage:
+    python bench/training.py [--users 10000] [--quick] [--results DIR]
 """
 
 from __future__ import annotations
@@ -57,16 +59,15 @@ from server.training.fitting import fit_timelines  # noqa: E402
 from server.training.ridge import LAMBDA_GRID, fit_population, fit_users  # noqa: E402
 from server.training.service import BatchTrainer, _read_logs  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks-training.md"
+RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = os.environ.get(
     "REPWISE_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 CATALOG = ROOT.parent / "shared" / "data" / "exercise-catalog" / "exercises.json"
 ROUNDS = 2
 WEEKS = 14  # about 200 logged exercises per synthetic user
-GOAL_TRAINER = 30.0
-GOAL_BATCH = 2.0
-GOAL_RECOMMEND = 10.0
+REPS = 3  # repetitions of each fit and loop per round (medians)
+RECOMMEND_CALLS = 2000
 
 
 def median_of(run: Callable[[], float], reps: int) -> list[float]:
@@ -260,14 +261,32 @@ def recommend_vs_kernel(calls: int) -> dict[str, object]:
 # --- report ------------------------------------------------------------------------------
 
 
+def machine() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "Platform": platform.platform(),
+        "CPUs": str(os.cpu_count()),
+        "Python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "Load average before the training benchmarks": " ".join(
+            f"{x:.2f}" for x in os.getloadavg()
+        ),
+    }
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=10_000, help="users in the batch run")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where training.json goes")
     args = parser.parse_args()
+    began = time.perf_counter()
     rounds = 1 if args.quick else ROUNDS
     fit_users_n = 100 if args.quick else 500
     batch_users = min(args.users, 500) if args.quick else args.users
+    info = machine()
     results: list[dict[str, Any]] = [{"batch": {}} for _ in range(rounds)]
     with tempfile.TemporaryDirectory() as tmp:
         url, drop = postgres_database()
@@ -291,86 +310,27 @@ def main() -> int:
             drop()
     for round_ in range(rounds):
         print(f"round {round_ + 1}: trainer vs scikit-learn, recommend vs kernel", flush=True)
-        results[round_]["trainer"] = trainer_vs_sklearn(fit_users_n, reps=3)
-        results[round_]["recommend"] = recommend_vs_kernel(2000)
+        results[round_]["trainer"] = trainer_vs_sklearn(fit_users_n, reps=REPS)
+        results[round_]["recommend"] = recommend_vs_kernel(RECOMMEND_CALLS)
         print(json.dumps(results[round_], indent=1, default=float), flush=True)
-    DOC.write_text(report(results, batch_users))
-    print(f"wrote {DOC}")
+    out = args.results / "training.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    document = {
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "plan": {
+            "rounds": rounds,
+            "batch_users": batch_users,
+            "fit_users": fit_users_n,
+            "reps": REPS,
+            "recommend_calls": RECOMMEND_CALLS,
+        },
+        "took_s": time.perf_counter() - began,
+        "rounds": results,
+    }
+    out.write_text(json.dumps(document, indent=1, default=float) + "\n")
+    print(f"wrote {out}")
     return 0
-
-
-def report(results: list[dict[str, object]], batch_users: int) -> str:
-    def each(path: Callable[[dict], float]) -> list[float]:
-        return [path(r) for r in results]
-
-    def fmt(values: list[float], digits: int = 1) -> str:
-        return " / ".join(f"{v:.{digits}f}" for v in values)
-
-    trainer = each(lambda r: r["trainer"]["trainer_users_per_s"])
-    ridge = each(lambda r: r["trainer"]["ridge_users_per_s"])
-    sk = each(lambda r: r["trainer"]["sklearn_users_per_s"])
-    loop = each(lambda r: r["trainer"]["loop_users_per_s"])
-    p99 = each(lambda r: r["recommend"]["recommend_p99_ms"])
-    kernel = each(lambda r: r["recommend"]["kernel_median_ms"])
-    lines = [
-        "# Training and recommendation benchmarks",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} with `python bench/training.py` on "
-        f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"numpy {np.__version__}. Every figure is a ratio to a baseline measured in the same "
-        f"run; each round's value is given (round 1 / round 2), each the median of its "
-        f"repetitions.",
-        "",
-        "| Benchmark | Ours | Baseline | Ratio | Goal |",
-        "| --- | --- | --- | --- | --- |",
-        f"| Trainer, ridge only (users/s) | {fmt(ridge)} | scikit-learn RidgeCV loop "
-        f"{fmt(sk)} | {fmt([a / b for a, b in zip(ridge, sk, strict=True)])}× | ≥ 30× |",
-        f"| Trainer, whole fit: ridge, weight tuning, statistics (users/s) | {fmt(trainer)} | "
-        f"per-user loop: pairs, RidgeCV, statistics {fmt(loop)} | "
-        f"{fmt([a / b for a, b in zip(trainer, loop, strict=True)])}× | ≥ 30× |",
-    ]
-    for name in ("sqlite", "postgresql"):
-        batch = each(lambda r, n=name: r["batch"][n]["batch_s"])
-        read = each(lambda r, n=name: r["batch"][n]["read_s"])
-        entries = results[0]["batch"][name]["entries"]  # type: ignore[index]
-        lines.append(
-            f"| Batch run, {batch_users:,} users, {entries:,} logged exercises, {name} (s) | "
-            f"{fmt(batch)} | reading the rows {fmt(read)} | "
-            f"{fmt([a / b for a, b in zip(batch, read, strict=True)])}× | ≤ 2× |"
-        )
-    lines.append(
-        f"| SDK recommend p99, 873 candidates (ms) | {fmt(p99, 3)} | numpy kernel median "
-        f"{fmt(kernel, 3)} | {fmt([a / b for a, b in zip(p99, kernel, strict=True)])}× | ≤ 10× |"
-    )
-    lines += [
-        "",
-        "## Where the time goes",
-        "",
-        "- **Ridge.** Exact leave-one-out λ per user needs an eigendecomposition of each user's "
-        "XᵀX over the state columns they use (about 90 of 133): about 0.5 ms of LAPACK per user "
-        "here. scikit-learn does the same work (an SVD) plus about 4 ms of Python per call; "
-        "batching removes that overhead, not the O(p³) work. 30× would mean about 0.17 ms per "
-        "user in all, less than the eigendecomposition alone. Reaching it needs a smaller "
-        "problem (a state of fewer dimensions, or a cheaper λ choice than exact LOO), not "
-        "faster code.",
-        "- **Whole fit.** Weight tuning (37 weight vectors × the newest 40 steps × about 30 "
-        "candidates, with the statistics live at each step) and the statistics cost more than "
-        "the ridge. The per-user loop it is compared with does no tuning at all.",
-        "- **Batch run.** About 8 ms of fitting per user against about 0.9 ms of reading; the "
-        "next chunk is read while one is fitted, so the run costs about the fitting: 8 to 10× the "
-        "floor. ≤ 2× needs the fit under about 1 ms per user (see above).",
-        "- **Recommend.** About 40 numpy calls per recommendation (the state, the statistics "
-        "with the workout under way, the terms), at a few µs each; the kernel is 4 calls. ≤ 10× "
-        "means ≤ 0.2 ms: the terms that depend only on the statistics would have to be "
-        "precomputed when history is observed, leaving the workout under way per call.",
-        "",
-        "Raw results:",
-        "",
-        "```json",
-        json.dumps(results, indent=1, default=float),
-        "```",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -700,6 +700,14 @@ class RepwiseClient:
         )
         return self._unary(self._logs.GetStats, request, idempotent=True)
 
+    def get_summary(
+        self, weight_unit: common_pb2.WeightUnit.ValueType = UNSPECIFIED_UNIT
+    ) -> log_pb2.GetSummaryResponse:
+        """Streaks, totals and record count as the server keeps them materialized: it may
+        trail the latest change by a moment (applied_change_seq < latest_change_seq)."""
+        request = log_pb2.GetSummaryRequest(weight_unit=weight_unit)
+        return self._unary(self._logs.GetSummary, request, idempotent=True)
+
     def export_data(
         self,
         format: log_pb2.ExportFormat.ValueType = log_pb2.EXPORT_FORMAT_JSON,

@@ -34,10 +34,15 @@ from server.catalog.service import CatalogService
 from server.catalog.servicer import CatalogServicer
 from server.config import Settings
 from server.db import Database, utcnow
+from server.events.amqp import Publisher
+from server.events.consumer import AmqpConsumer
+from server.events.relay import Relay
+from server.events.service import SummaryService
 from server.interceptors import AuthInterceptor, ErrorInterceptor, LoggingInterceptor
 from server.logs import repository as logs_repository
 from server.logs.service import LogService
 from server.logs.servicer import LogServicer
+from server.metrics import MetricsServer, serve_http
 from server.training.scheduler import TrainingWorker
 from server.training.service import BatchTrainer, TrainingService
 from server.training.servicer import TrainingServicer
@@ -52,6 +57,23 @@ SERVICE_NAMES = (
 )
 HEALTH_CHECK_SECONDS = 2.0
 PURGE_EVERY_SECONDS = 3600
+
+
+def _events(
+    db: Database, settings: Settings, now: Callable[[], datetime]
+) -> tuple[Relay, AmqpConsumer | None]:
+    """The outbox relay, and with a broker configured the metrics consumer (docs/events.md)."""
+    url = settings.amqp_url
+    relay = Relay(
+        db,
+        publisher=Publisher(url, settings.amqp_exchange, settings.amqp_queue) if url else None,
+        now=now,
+        poll_seconds=settings.outbox_poll_seconds,
+        retention=timedelta(days=settings.outbox_retention_days),
+    )
+    if not url:
+        return relay, None
+    return relay, AmqpConsumer(db, url, settings.amqp_exchange, settings.amqp_queue, now)
 
 
 class RepwiseServer:
@@ -83,8 +105,12 @@ class RepwiseServer:
         )
         self.auth = AuthService(self.db, settings, self.hasher, self.tokens, now)
         self.catalog = CatalogService(self.db, self.auth, now)
-        self.logs = LogService(self.db, self.auth, now)
-        batch_trainer = BatchTrainer(self.db, now)
+        self.relay, self.consumer = _events(self.db, settings, now)
+        self.logs = LogService(self.db, self.auth, now, on_change=self.relay.wake)
+        self.summaries = SummaryService(self.db, self.auth, now)
+        batch_trainer = BatchTrainer(
+            self.db, now, lease=timedelta(seconds=settings.training_lease_seconds)
+        )
         self.training = TrainingService(
             self.db,
             self.auth,
@@ -106,6 +132,9 @@ class RepwiseServer:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self.port: int | None = None
+        # The bound /metrics port once started (settings.metrics_port 0 picks one).
+        self.metrics_port: int | None = None
+        self._metrics: MetricsServer | None = None
         self.grpc_server = self._build()
 
     def _build(self) -> grpc.Server:
@@ -138,7 +167,9 @@ class RepwiseServer:
             CatalogServicer(self.catalog, is_referenced=logs_repository.exercise_is_referenced),
             server,
         )
-        log_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs), server)
+        log_pb2_grpc.add_LogServiceServicer_to_server(
+            LogServicer(self.logs, self.summaries), server
+        )
         training_pb2_grpc.add_TrainingServiceServicer_to_server(
             TrainingServicer(self.training), server
         )
@@ -193,6 +224,12 @@ class RepwiseServer:
                         log.info("purged %d stale sign-in throttles", purged)
 
     def start(self) -> int:
+        if self.settings.metrics_port is not None:
+            self._metrics = serve_http(self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics_port = self._metrics.port
+            log.info(
+                "metrics on http://%s:%s/metrics", self.settings.metrics_host, self.metrics_port
+            )
         self._set_serving(self.db.ping())
         self.grpc_server.start()
         self._monitor = threading.Thread(
@@ -200,6 +237,9 @@ class RepwiseServer:
         )
         self._monitor.start()
         self.trainer.start()
+        self.relay.start()
+        if self.consumer is not None:
+            self.consumer.start()
         log.info("serving on %s:%s", self.settings.host, self.port)
         assert self.port is not None
         return self.port
@@ -212,6 +252,11 @@ class RepwiseServer:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
         self.trainer.stop(timeout=self.settings.grace_seconds)
+        self.relay.stop(timeout=self.settings.grace_seconds)
+        if self.consumer is not None:
+            self.consumer.stop(timeout=self.settings.grace_seconds)
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._owns_db:
             self.db.dispose()
 

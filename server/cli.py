@@ -20,22 +20,25 @@ def _settings(args: argparse.Namespace, *, need_secret: bool = True) -> Settings
         overrides["host"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["port"] = args.port
+    if getattr(args, "metrics_port", None) is not None:
+        overrides["metrics_port"] = args.metrics_port
     return Settings.from_env(overrides=overrides, need_secret=need_secret)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.workers > 1:
+        # Before server.app is imported: prometheus_client picks multiprocess mode on import.
+        from server.prefork import serve_workers
+
+        return serve_workers(settings, args.workers)
     from server.app import RepwiseServer
     from server.catalog.sources import seed_default_catalog
     from server.db import Database, utcnow
     from server.migrate import upgrade
 
-    settings = _settings(args)
-    if args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    if args.workers > 1:
-        from server.prefork import serve_workers
-
-        return serve_workers(settings, args.workers)
     db = Database(settings.database_url, pool_size=settings.max_workers)
     upgrade(db.engine)
     server = RepwiseServer(settings, db=db)
@@ -46,6 +49,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"repwise serving on {settings.host}:{port} ({db.engine.url.render_as_string()})",
         flush=True,
     )
+    if server.metrics_port is not None:
+        print(
+            f"repwise metrics on http://{settings.metrics_host}:{server.metrics_port}/metrics",
+            flush=True,
+        )
     server.wait()
     db.dispose()
     return 0
@@ -151,6 +159,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     from tqdm import tqdm
 
     from server.db import Database, utcnow
@@ -162,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     db = Database(settings.database_url, pool_size=2)
     try:
         upgrade(db.engine)
-        trainer = BatchTrainer(db, utcnow)
+        trainer = BatchTrainer(db, utcnow, lease=timedelta(seconds=settings.training_lease_seconds))
         with tqdm(unit="user", desc="training", disable=args.quiet) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -231,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="server processes sharing the port (SO_REUSEPORT), each with its own gRPC "
         "server and database pool (default 1)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://REPWISE_METRICS_HOST:PORT/metrics "
+        "(default off, or REPWISE_METRICS_PORT; 0 picks one)",
     )
     serve.set_defaults(func=cmd_serve)
 

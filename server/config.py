@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -51,8 +52,23 @@ class Settings:
     retrain_after_hours: float = 7 * 24
     offline_after_minutes: float = 6 * 60
     train_now_cooldown_seconds: int = 600
+    # A training run's claim on its users; renewed with each chunk, so it need only outlast
+    # one chunk's fit. A crashed run's users free up when it ends.
+    training_lease_seconds: float = 120.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # --- Metrics (server/metrics.py): Prometheus /metrics over HTTP. Off unless a port
+    # is set; 0 picks a free port (logged at start).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    # --- Events (server/events/, docs/events.md): the outbox relay and the metrics consumer.
+    # Without an AMQP URL the relay hands events to the consumer in-process.
+    amqp_url: str | None = field(default=None, repr=False)  # may carry a password
+    amqp_exchange: str = "repwise.events"
+    amqp_queue: str = "repwise.metrics"
+    outbox_poll_seconds: float = 1.0
+    # Published events (and the consumer's record of applied ones) are kept this long.
+    outbox_retention_days: float = 7.0
 
     @classmethod
     def from_env(
@@ -107,12 +123,51 @@ class Settings:
             low = "above 0" if name == "training_poll_seconds" else "0 or more"
             if not 0 <= value <= 10**7 or (name == "training_poll_seconds" and value == 0):
                 raise ConfigError(f"REPWISE_{name.upper()} must be a number {low}, up to 10000000")
+        if not 0 < self.training_lease_seconds <= 10**7:
+            raise ConfigError(
+                "REPWISE_TRAINING_LEASE_SECONDS must be a number above 0, up to 10000000"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError("REPWISE_PORT must be between 0 and 65535")
+        if self.metrics_port is not None:
+            if not 0 <= self.metrics_port <= 65535:
+                raise ConfigError("REPWISE_METRICS_PORT must be between 0 and 65535")
+            same_address = (self.metrics_host, self.metrics_port) == (self.host, self.port)
+            if self.metrics_port and same_address:
+                raise ConfigError("REPWISE_METRICS_PORT must differ from REPWISE_PORT")
+            if not self.metrics_host.strip():
+                raise ConfigError("REPWISE_METRICS_HOST must not be empty")
+        self._validate_events()
         try:
             make_url(self.database_url)
         except Exception as exc:
             raise ConfigError(f"REPWISE_DATABASE_URL is not a database URL: {exc}") from exc
+
+    def _validate_events(self) -> None:
+        if self.amqp_url is not None:
+            from server.events.amqp import check_url
+
+            try:
+                check_url(self.amqp_url)
+            except ValueError as exc:
+                raise ConfigError(f"REPWISE_AMQP_URL is not an AMQP URL: {exc}") from None
+        for name in ("amqp_exchange", "amqp_queue"):
+            value = getattr(self, name)
+            # AMQP 0-9-1 names; "amq." is reserved to the broker.
+            if not _AMQP_NAME.fullmatch(value) or value.startswith("amq."):
+                raise ConfigError(
+                    f"REPWISE_{name.upper()} must be 1 to 255 letters, digits, '-', '_', '.' or"
+                    " ':', not starting with 'amq.'"
+                )
+        if not 0 < self.outbox_poll_seconds <= 10**7:
+            raise ConfigError(
+                "REPWISE_OUTBOX_POLL_SECONDS must be a number above 0, up to 10000000"
+            )
+        if not 0 < self.outbox_retention_days <= 36500:
+            raise ConfigError("REPWISE_OUTBOX_RETENTION_DAYS must be a number above 0, up to 36500")
+
+
+_AMQP_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 
 
 def _boolean(name: str, raw: str) -> bool:

@@ -7,6 +7,12 @@ servicers never abort by hand and domain code never imports grpc.
 from __future__ import annotations
 
 
+def shown(value: str, limit: int = 60) -> str:
+    """A client's value quoted for an error message, cut short: messages stay short however
+    long the value (status messages travel in a size-limited trailer)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
+
+
 class DomainError(Exception):
     status = "INTERNAL"
     reason = "INTERNAL"

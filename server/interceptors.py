@@ -23,7 +23,8 @@ from grpc_status import rpc_status
 from server.auth.tokens import TokenIssuer
 from server.context import CallInfo, current_call, current_principal
 from server.db import is_unavailable
-from server.errors import DomainError, ResourceExhausted, Unauthenticated
+from server.errors import DomainError, InvalidArgument, ResourceExhausted, Unauthenticated
+from server.metrics import RpcMetrics
 
 log = logging.getLogger("repwise.rpc")
 ERROR_DOMAIN = "repwise.v1"
@@ -83,9 +84,32 @@ def _metadata_values(metadata: Any, key: str) -> list[str]:
     return [v for k, v in (metadata or ()) if k == key]
 
 
+def _unfinished_code(info: CallInfo, context: grpc.ServicerContext) -> grpc.StatusCode:
+    """The status of a call that ended with neither a result nor a chosen status:
+    a stream closed because its client went away or its deadline passed."""
+    if info.deadline is not None and time.monotonic() >= info.deadline:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if not context.is_active():
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
 class LoggingInterceptor(_BehaviorInterceptor):
     """Gives every call a request id (the client's x-request-id if well formed),
-    returns it in the initial metadata and logs one line per call."""
+    returns it in the initial metadata, logs one line per call and counts it
+    (server/metrics.py: started, handled by status code, duration)."""
+
+    def __init__(self) -> None:
+        self._rpcs: dict[str, RpcMetrics] = {}
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = super().intercept_service(continuation, details)
+        # A method's series are resolved on its first call, before its behavior runs.
+        if handler is not None and details.method not in self._rpcs:
+            self._rpcs[details.method] = RpcMetrics(
+                details.method, handler.request_streaming, handler.response_streaming
+            )
+        return handler
 
     def _begin(self, method: str, metadata: Any, context: grpc.ServicerContext) -> CallInfo:
         given = _metadata_values(metadata, REQUEST_ID_KEY)
@@ -99,6 +123,7 @@ class LoggingInterceptor(_BehaviorInterceptor):
         has_deadline = remaining is not None and remaining < 1e9
         deadline = time.monotonic() + remaining if has_deadline else None
         info = CallInfo(request_id=request_id, method=method, deadline=deadline)
+        self._rpcs[method].started()
         with contextlib.suppress(ValueError):  # already sent
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
         return info
@@ -106,16 +131,19 @@ class LoggingInterceptor(_BehaviorInterceptor):
     def _end(
         self, info: CallInfo, context: grpc.ServicerContext, started: float, failed: bool
     ) -> None:
+        seconds = time.perf_counter() - started
         code = context.code() if hasattr(context, "code") else None
         if code is None:
-            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+            code = _unfinished_code(info, context) if failed else grpc.StatusCode.OK
+        code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self._rpcs[info.method].handled(code_name, seconds)
         log.info(
             "rpc",
             extra={
                 "request_id": info.request_id,
                 "method": info.method,
-                "code": code.name if isinstance(code, grpc.StatusCode) else str(code),
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "code": code_name,
+                "duration_ms": round(seconds * 1000, 2),
                 "user_id": info.user_id,
                 "peer": context.peer(),
             },
@@ -145,7 +173,8 @@ class LoggingInterceptor(_BehaviorInterceptor):
             failed = True
             try:
                 yield from behavior(request, context)
-                failed = False
+                # A stream may end quietly when its client leaves (health Watch does).
+                failed = not context.is_active()
             finally:
                 _reset(current_call, token)
                 self._end(info, context, started, failed)
@@ -185,6 +214,30 @@ def _status_for(error: DomainError, request_id: str | None) -> status_pb2.Status
     )
 
 
+class _Malformed:
+    """Stands for a request body that is not a valid encoding of the method's request."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, or a RuntimeError from upb's recursion limit
+            return _MALFORMED
+
+    return tolerant
+
+
+def _refuse_malformed(request: Any, method: str) -> None:
+    if request is _MALFORMED:
+        raise InvalidArgument(
+            "request", f"is not a valid protobuf message for {method}", reason="MALFORMED_REQUEST"
+        )
+
+
 class ErrorInterceptor(_BehaviorInterceptor):
     """Turns exceptions into statuses: domain errors carry their own code; an
     unreachable database is UNAVAILABLE; anything else is INTERNAL with a
@@ -197,6 +250,15 @@ class ErrorInterceptor(_BehaviorInterceptor):
 
     def __init__(self, max_streams: int) -> None:
         self._streams = threading.BoundedSemaphore(max_streams)
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = super().intercept_service(continuation, details)
+        # grpcio answers a body its deserializer refuses with INTERNAL ("Exception
+        # deserializing request!"); the handler gets a marker instead and refuses it as
+        # INVALID_ARGUMENT. Request streams keep grpcio's answer: they are read mid-handler.
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
 
     def _handle(self, error: BaseException, context: grpc.ServicerContext, method: str) -> None:
         info = current_call.get()
@@ -255,7 +317,9 @@ def is_open(method: str) -> bool:
 
 
 class AuthInterceptor(_BehaviorInterceptor):
-    """Checks the bearer token of every non-open method before its handler runs.
+    """Checks the bearer token of every non-open method before its handler runs, then
+    refuses a body that did not decode (ErrorInterceptor's tolerant deserializer): after
+    the token, so a caller without one gets UNAUTHENTICATED whatever it sends.
 
     Only the token's signature and claims are checked here; handlers then check,
     in their own transaction, that the session is still live (so logout and
@@ -290,11 +354,17 @@ class AuthInterceptor(_BehaviorInterceptor):
 
     def wrap_unary(self, behavior: Behavior, method: str, metadata: Any) -> Behavior:
         if is_open(method):
-            return behavior
+
+            def open_call(request: Any, context: grpc.ServicerContext) -> Any:
+                _refuse_malformed(request, method)
+                return behavior(request, context)
+
+            return open_call
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             token = self._authenticate(metadata)
             try:
+                _refuse_malformed(request, method)
                 return behavior(request, context)
             finally:
                 current_principal.reset(token)
@@ -303,11 +373,17 @@ class AuthInterceptor(_BehaviorInterceptor):
 
     def wrap_stream(self, behavior: Behavior, method: str, metadata: Any) -> Behavior:
         if is_open(method):
-            return behavior
+
+            def open_call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                _refuse_malformed(request, method)
+                yield from behavior(request, context)
+
+            return open_call
 
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             token = self._authenticate(metadata)
             try:
+                _refuse_malformed(request, method)
                 yield from behavior(request, context)
             finally:
                 _reset(current_principal, token)

@@ -36,3 +36,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # pika logs each connection step, and each failure with tracebacks: the outbox relay
+    # and the event consumer log their failures themselves (server/events/).
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -81,6 +82,14 @@ def database_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'repwise.db'}"
         return
+    with postgres_database("repwise_test") as url:
+        yield url
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server, dropped afterwards (even with
+    clients still connected)."""
     problem = _postgres_available()
     if problem:
         if IN_CI:
@@ -88,7 +97,7 @@ def database_url(
                 f"PostgreSQL is required under CI but unreachable at {PG_ADMIN_URL}: {problem}"
             )
         pytest.skip(f"PostgreSQL unreachable: {problem}")
-    name = f"repwise_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -37,18 +37,26 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def test_workers_share_the_port_and_stop_together(tmp_path):
-    env = cli_env(sqlite_url(tmp_path / "repwise.db"), REPWISE_GRACE_SECONDS="3")
+def start_serve(
+    tmp_path: Path, env: dict[str, str], *args: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`repwise serve --port 0 ARGS` in tmp_path; its stdout and stderr go to files there."""
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
     with out.open("w") as stdout, err.open("w") as stderr:
         process = subprocess.Popen(
-            [str(REPWISE), "serve", "--port", "0", "--workers", "2"],
+            [str(REPWISE), "serve", "--port", "0", *args],
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=tmp_path,
         )
+    return process, out, err
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path):
+    env = cli_env(sqlite_url(tmp_path / "repwise.db"), REPWISE_GRACE_SECONDS="3")
+    process, out, err = start_serve(tmp_path, env, "--workers", "2")
     try:
         deadline = time.monotonic() + 60
         while not (
@@ -119,3 +127,22 @@ def test_workers_must_be_positive(tmp_path):
     )
     assert done.returncode == 2
     assert "--workers" in done.stderr
+
+
+def test_workers_refuse_to_start_on_an_unusable_database(tmp_path):
+    # The parent migrates in a short-lived child: its failure must still end the command
+    # with the same one-line message a single-process server gives, and fork no workers.
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    result = subprocess.run(
+        [str(REPWISE), "serve", "--port", "0", "--workers", "2"],
+        env=cli_env(sqlite_url(not_a_dir / "repwise.db"), REPWISE_JWT_SECRET="s" * 40),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "repwise: cannot use the database:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "serving on" not in result.stdout

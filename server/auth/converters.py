@@ -8,7 +8,7 @@ from repwise.v1 import auth_pb2, common_pb2
 from server.auth.models import User
 from server.auth.service import PROFILE_FIELDS, ProfileChanges, Tokens, etag
 from server.converters import enum_names, timestamp
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, shown
 
 ROLE_TO_PB = {"user": auth_pb2.ROLE_USER, "admin": auth_pb2.ROLE_ADMIN}
 ROLE_FROM_PB: dict[int, str] = {v: k for k, v in ROLE_TO_PB.items()}
@@ -54,7 +54,8 @@ def profile_changes(user: auth_pb2.User, paths: list[str]) -> ProfileChanges:
     for path in paths:
         if path not in PROFILE_FIELDS:
             raise InvalidArgument(
-                "update_mask", f"{path!r} cannot be updated; settable: {', '.join(PROFILE_FIELDS)}"
+                "update_mask",
+                f"{shown(path)} cannot be updated; settable: {', '.join(PROFILE_FIELDS)}",
             )
     if not paths:
         paths = [

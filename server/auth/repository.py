@@ -59,6 +59,13 @@ def get_live_session(
     return (row[0], row[1]) if row else None
 
 
+# get_live_session as SQL text, for other services' one-statement reads
+# (server/single_statement.py): `SELECT ... FROM {LIVE_SESSION_FROM} ... WHERE
+# {LIVE_SESSION_WHERE}` finds the caller's row (users as u) only while the session is live.
+LIVE_SESSION_FROM = "auth_sessions s JOIN users u ON u.id = s.user_id"
+LIVE_SESSION_WHERE = "s.id = :session_id AND s.user_id = :user_id AND s.revoked_at IS NULL"
+
+
 def get_session_for_update(session: Session, session_id: str) -> AuthSession | None:
     return session.scalars(
         select(AuthSession).where(AuthSession.id == session_id).with_for_update()

@@ -25,7 +25,7 @@ from server.auth.models import ROLES, UNITS, AuthSession, LoginThrottle, Refresh
 from server.auth.passwords import PasswordHasher, check_new_password
 from server.auth.tokens import TokenIssuer
 from server.config import Settings
-from server.context import current_principal
+from server.context import Principal, current_principal
 from server.db import Database
 from server.errors import (
     Aborted,
@@ -36,6 +36,7 @@ from server.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    shown,
 )
 
 PROFILE_FIELDS = (
@@ -103,7 +104,7 @@ def iana_time_zones() -> frozenset[str]:
 def check_time_zone(name: str) -> str:
     if name not in iana_time_zones():
         raise InvalidArgument(
-            "time_zone", f"{name!r} is not an IANA time zone such as 'Europe/Berlin'"
+            "time_zone", f"{shown(name)} is not an IANA time zone such as 'Europe/Berlin'"
         )
     return name
 
@@ -114,6 +115,10 @@ def email_key(email: str) -> str:
 
 def etag(user: User) -> str:
     return str(user.version)
+
+
+def session_ended() -> Unauthenticated:
+    return Unauthenticated("this session has ended; sign in again", reason="SESSION_ENDED")
 
 
 class AuthService:
@@ -157,13 +162,20 @@ class AuthService:
 
     def current_user(self, s: Session) -> User:
         """The caller of this request, if their session is still live."""
+        principal = self.principal()
+        found = repo.get_live_session(s, principal.session_id, principal.user_id)
+        if found is None:
+            raise session_ended()
+        return found[1]
+
+    @staticmethod
+    def principal() -> Principal:
+        """The caller as their access token says; whether the session is still live is for
+        the caller's query to check (current_user, or repo.LIVE_SESSION_WHERE)."""
         principal = current_principal.get()
         if principal is None:
             raise Unauthenticated("sign in first", reason="TOKEN_MISSING")
-        found = repo.get_live_session(s, principal.session_id, principal.user_id)
-        if found is None:
-            raise Unauthenticated("this session has ended; sign in again", reason="SESSION_ENDED")
-        return found[1]
+        return principal
 
     def require_admin(self, s: Session) -> User:
         user = self.current_user(s)

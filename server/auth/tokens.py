@@ -26,6 +26,7 @@ ALGORITHM = "HS256"
 ACCESS_TOKEN_TYPE = "at+jwt"
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud", "jti", "sid")
 MAX_TOKEN_LENGTH = 4096
+MAX_CHECKED_TOKENS = 4096  # per process, about 1 kB each
 
 
 def _b64(raw: bytes) -> str:
@@ -53,6 +54,9 @@ class TokenIssuer:
         self.access_seconds = access_seconds
         self.leeway_seconds = leeway_seconds
         self._now = now
+        # Tokens whose signature and claims passed, by token: checking them again would give
+        # the same answer. Only the time claims are checked on each call.
+        self._checked: dict[str, tuple[Principal, float, float]] = {}
 
     def issue_access(self, user_id: str, session_id: str) -> str:
         issued = int(self._now().timestamp())
@@ -72,11 +76,27 @@ class TokenIssuer:
     def verify_access(self, token: str) -> Principal:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise Unauthenticated("access token is malformed", reason="TOKEN_INVALID")
+        checked = self._checked.get(token)
+        if checked is None:
+            checked = self._check_signature_and_claims(token)
+            if len(self._checked) >= MAX_CHECKED_TOKENS:
+                self._checked.clear()  # tokens live minutes: whoever is still calling re-enters
+            self._checked[token] = checked
+        principal, exp, iat = checked
+        # Time claims are checked on every call against our own clock, with a leeway in seconds.
+        now = self._now().timestamp()
+        if now > exp + self.leeway_seconds:
+            raise Unauthenticated("access token has expired; refresh it", reason="TOKEN_EXPIRED")
+        if iat > now + self.leeway_seconds:
+            raise Unauthenticated("access token is not valid yet", reason="TOKEN_INVALID")
+        return principal
+
+    def _check_signature_and_claims(self, token: str) -> tuple[Principal, float, float]:
+        """Everything about a token that does not depend on the time: (principal, exp, iat)."""
         try:
             header = jwt.get_unverified_header(token)
             if header.get("typ") != ACCESS_TOKEN_TYPE:
                 raise Unauthenticated("not an access token", reason="TOKEN_INVALID")
-            # Time claims are checked below against our own clock, with a leeway in seconds.
             claims: dict[str, Any] = jwt.decode(
                 token,
                 self._key,
@@ -94,20 +114,18 @@ class TokenIssuer:
             raise Unauthenticated(
                 f"access token is invalid: {error}", reason="TOKEN_INVALID"
             ) from None
-        now = self._now().timestamp()
         exp, iat = claims["exp"], claims["iat"]
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat)):
             raise Unauthenticated("access token has malformed time claims", reason="TOKEN_INVALID")
-        if now > exp + self.leeway_seconds:
-            raise Unauthenticated("access token has expired; refresh it", reason="TOKEN_EXPIRED")
-        if iat > now + self.leeway_seconds:
-            raise Unauthenticated("access token is not valid yet", reason="TOKEN_INVALID")
         for name in ("sub", "sid", "jti"):
             if not isinstance(claims[name], str) or not claims[name]:
                 raise Unauthenticated(
                     f"access token claim {name} is malformed", reason="TOKEN_INVALID"
                 )
-        return Principal(user_id=claims["sub"], session_id=claims["sid"], token_id=claims["jti"])
+        principal = Principal(
+            user_id=claims["sub"], session_id=claims["sid"], token_id=claims["jti"]
+        )
+        return principal, exp, iat
 
     @staticmethod
     def new_refresh_id() -> str:

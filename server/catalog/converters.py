@@ -8,7 +8,7 @@ from server.catalog.models import Exercise
 from server.catalog.repository import ExerciseFilter
 from server.catalog.service import EDITABLE_FIELDS, ExerciseSpec, etag, feature_vector, words_of
 from server.converters import enum_names, timestamp
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, shown
 
 MUSCLE_FROM_PB, MUSCLE_TO_PB = enum_names(common_pb2.Muscle, "MUSCLE_")
 EQUIPMENT_FROM_PB, EQUIPMENT_TO_PB = enum_names(common_pb2.Equipment, "EQUIPMENT_")
@@ -70,7 +70,8 @@ def field_values(message: catalog_pb2.Exercise, paths: list[str]) -> dict[str, o
     for path in paths:
         if path not in EDITABLE_FIELDS:
             raise InvalidArgument(
-                "update_mask", f"{path!r} cannot be updated; settable: {', '.join(EDITABLE_FIELDS)}"
+                "update_mask",
+                f"{shown(path)} cannot be updated; settable: {', '.join(EDITABLE_FIELDS)}",
             )
     values: dict[str, object] = {}
     for path in paths or EDITABLE_FIELDS:
@@ -97,8 +98,8 @@ def update_changes(message: catalog_pb2.Exercise, paths: list[str]) -> dict[str,
 
 
 def filter_from_pb(request: catalog_pb2.ListExercisesRequest, viewer_id: str) -> ExerciseFilter:
-    if len(request.query) > 200:
-        raise InvalidArgument("query", "must be at most 200 characters")
+    if len(request.query) > 200 or not request.query.isprintable():
+        raise InvalidArgument("query", "must be at most 200 printable characters")
     return ExerciseFilter(
         viewer_id=viewer_id,
         muscle=_enum("muscle", request.muscle, MUSCLE_FROM_PB),

@@ -81,6 +81,17 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def check_ref(field: str, value: str) -> str:
+    """An exercise id or slug as a request names one. Ids are UUIDs and slugs at most 100
+    characters, so anything longer or unprintable (NUL breaks PostgreSQL text) names none."""
+    ref = value.strip()
+    if not ref:
+        raise InvalidArgument(field, "is required")
+    if len(ref) > 100 or not ref.isprintable():
+        raise InvalidArgument(field, "is not an exercise id or slug")
+    return ref
+
+
 def check_spec(spec: ExerciseSpec, prefix: str = "exercise") -> ExerciseSpec:
     """Validate and normalize; errors name the field as `exercise.<field>`."""
     name = _clean(spec.name)
@@ -94,8 +105,10 @@ def check_spec(spec: ExerciseSpec, prefix: str = "exercise") -> ExerciseSpec:
             f"{prefix}.slug", "must be lower-case letters and digits joined by single hyphens"
         )
     aliases = tuple(dict.fromkeys(a for a in map(_clean, spec.aliases) if a and a != name))
-    if len(aliases) > 30 or any(len(a) > 200 for a in aliases):
-        raise InvalidArgument(f"{prefix}.aliases", "at most 30 aliases of at most 200 characters")
+    if len(aliases) > 30 or any(len(a) > 200 or not a.isprintable() for a in aliases):
+        raise InvalidArgument(
+            f"{prefix}.aliases", "at most 30 aliases of at most 200 printable characters"
+        )
     vocab = {
         "equipment": features.EQUIPMENT,
         "mechanic": features.MECHANICS,
@@ -237,14 +250,13 @@ class CatalogService:
         return self.db.run(work, write=False)
 
     def get(self, id_or_slug: str) -> Exercise:
-        if not id_or_slug.strip():
-            raise InvalidArgument("id", "is required")
+        ref = check_ref("id", id_or_slug)
 
         def work(s: Session) -> Exercise:
             user = self.auth.current_user(s)
-            exercise = repo.get_visible(s, user.id, id_or_slug.strip())
+            exercise = repo.get_visible(s, user.id, ref)
             if exercise is None:
-                raise NotFound(f"no exercise {id_or_slug!r}", reason="EXERCISE_NOT_FOUND")
+                raise NotFound(f"no exercise {ref!r}", reason="EXERCISE_NOT_FOUND")
             return exercise
 
         return self.db.run(work, write=False)
@@ -327,6 +339,7 @@ class CatalogService:
         unknown = set(changes) - set(EDITABLE_FIELDS)
         if unknown:
             raise InvalidArgument("update_mask", f"cannot update {sorted(unknown)[0]!r}")
+        exercise_id = check_ref("exercise.id", exercise_id)
 
         def work(s: Session) -> Exercise:
             user = self.auth.current_user(s)
@@ -353,6 +366,7 @@ class CatalogService:
         self, exercise_id: str, expected_etag: str, is_referenced: Callable[[Session, str], bool]
     ) -> bool:
         """Delete, or archive when workouts refer to the exercise; True if archived."""
+        exercise_id = check_ref("id", exercise_id)
 
         def work(s: Session) -> bool:
             user = self.auth.current_user(s)

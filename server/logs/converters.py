@@ -9,6 +9,7 @@ import numpy as np
 from repwise.v1 import common_pb2, log_pb2
 from server.converters import enum_names, optional_timestamp, timestamp
 from server.errors import InvalidArgument
+from server.events.service import SummaryView
 from server.logs import stats, wire
 from server.logs.columns import HistoryColumns
 from server.logs.models import SET_KINDS
@@ -219,21 +220,44 @@ RECORD_KIND_FROM_PB, RECORD_KIND_TO_PB = enum_names(log_pb2.RecordKind, "RECORD_
 _, MUSCLE_TO_PB = enum_names(common_pb2.Muscle, "MUSCLE_")
 
 
+def activity_to_pb(a: stats.ActivityStreaks) -> log_pb2.ActivityStreaks:
+    return log_pb2.ActivityStreaks(
+        current_days=a.current_days,
+        longest_days=a.longest_days,
+        current_weeks=a.current_weeks,
+        longest_weeks=a.longest_weeks,
+        weekly_goal=a.weekly_goal,
+        workouts_this_week=a.workouts_this_week,
+        time_zone=a.time_zone,
+    )
+
+
+def summary_to_pb(view: SummaryView, unit_name: str) -> log_pb2.GetSummaryResponse:
+    result = view.summary
+    message = log_pb2.GetSummaryResponse(
+        activity=activity_to_pb(result.activity),
+        total_workouts=result.total_workouts,
+        total_sets=result.total_sets,
+        total_volume=_weight_out(result.total_volume_kg, unit_name),
+        record_count=result.record_count,
+        weight_unit=UNIT_TO_PB[unit_name],
+        events_applied=view.events_applied,
+        applied_change_seq=view.applied_change_seq,
+        latest_change_seq=view.latest_change_seq,
+    )
+    if result.last_workout_at is not None:
+        message.last_workout_time.CopyFrom(timestamp(result.last_workout_at))
+    if view.updated_at is not None:
+        message.update_time.CopyFrom(timestamp(view.updated_at))
+    return message
+
+
 def stats_to_pb(result: stats.Stats, unit_name: str) -> log_pb2.GetStatsResponse:
     def weight(kg: float) -> float:
         return _weight_out(kg, unit_name)
 
-    a = result.activity
     return log_pb2.GetStatsResponse(
-        activity=log_pb2.ActivityStreaks(
-            current_days=a.current_days,
-            longest_days=a.longest_days,
-            current_weeks=a.current_weeks,
-            longest_weeks=a.longest_weeks,
-            weekly_goal=a.weekly_goal,
-            workouts_this_week=a.workouts_this_week,
-            time_zone=a.time_zone,
-        ),
+        activity=activity_to_pb(result.activity),
         progress=[
             log_pb2.ExerciseProgress(
                 exercise_id=p.exercise_id,

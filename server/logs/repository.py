@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,7 +13,11 @@ from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, tu
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from server import single_statement
+from server.auth.repository import LIVE_SESSION_FROM, LIVE_SESSION_WHERE
 from server.catalog.models import Exercise
+from server.db import Database
+from server.events import repository as outbox_repo
 from server.logs.models import SET_KINDS, ChangeCounter, Workout, WorkoutExercise, WorkoutSet
 
 # Statements every create runs, built once: building one costs more than running it.
@@ -74,6 +79,82 @@ def children(
     return result
 
 
+# GetWorkout in one statement: the caller's preferred unit while the session is live, and the
+# live workout, one row per set (or per performed exercise without sets). The wide columns come
+# only on the first row they belong to: repeated on every set, a largest-allowed workout's notes
+# made 10,000 rows of ~12 KB, over 100 MB for one call.
+_FIRST_ROW = "row_number() OVER (ORDER BY e.position, st.set_index) = 1"
+_FIRST_OF_EXERCISE = "row_number() OVER (PARTITION BY e.position ORDER BY st.set_index) = 1"
+_CALLER_AND_WORKOUT = (
+    "u.preferred_unit, w.version, w.title, w.notes, w.started_at, w.ended_at, w.time_zone, "
+    "w.content_hash, w.change_seq, w.created_at, w.updated_at"
+)
+
+
+def _only_when(condition: str, columns: str) -> str:
+    return ", ".join(f"CASE WHEN {condition} THEN {c} END" for c in columns.split(", "))
+
+
+_GET_WITH_CALLER = single_statement.Statement(
+    "get_workout",
+    f"""
+SELECT {_only_when(_FIRST_ROW, _CALLER_AND_WORKOUT)},
+    e.position, {_only_when(_FIRST_OF_EXERCISE, "e.exercise_id, e.notes, x.name")},
+    st.set_index, st.reps, st.weight_kg, st.rpe, st.rir, st.duration_s, st.distance_m, st.kind
+FROM {LIVE_SESSION_FROM}
+LEFT JOIN workouts w ON w.user_id = s.user_id AND w.id = :workout_id AND w.deleted_at IS NULL
+LEFT JOIN workout_exercises e ON e.user_id = w.user_id AND e.workout_id = w.id
+LEFT JOIN exercises x ON x.id = e.exercise_id
+LEFT JOIN workout_sets st
+    ON st.user_id = e.user_id AND st.workout_id = e.workout_id AND st.position = e.position
+WHERE {LIVE_SESSION_WHERE}
+ORDER BY e.position, st.set_index
+""",
+)
+
+
+class PerformedRow(NamedTuple):
+    exercise_id: str
+    notes: str
+    exercise_name: str
+    sets: list[Sequence[Any]]  # SET_COLUMNS values, in set order
+
+
+def get_with_caller(
+    db: Database, session_id: str, user_id: str, workout_id: str
+) -> tuple[str, Workout | None, list[PerformedRow]] | None:
+    """The caller's preferred unit and their live workout with its performed exercises and
+    sets, in one statement outside any transaction; None once the session has ended."""
+    rows = single_statement.fetch(
+        db,
+        _GET_WITH_CALLER,
+        {"session_id": session_id, "user_id": user_id, "workout_id": workout_id},
+    )
+    if not rows:
+        return None
+    first = rows[0]
+    if first[1] is None:
+        return first[0], None, []
+    utc = single_statement.utc
+    workout = Workout(
+        user_id=user_id, id=workout_id, version=first[1], title=first[2], notes=first[3],
+        started_at=utc(first[4]), ended_at=utc(first[5]), time_zone=first[6],
+        content_hash=first[7], change_seq=first[8], created_at=utc(first[9]),
+        updated_at=utc(first[10]), deleted_at=None,
+    )  # fmt: skip
+    performed: list[PerformedRow] = []
+    position = None
+    for row in rows:
+        if row[11] is None:
+            break  # a workout without exercises
+        if row[11] != position:
+            position = row[11]
+            performed.append(PerformedRow(row[12], row[13], row[14], []))
+        if row[15] is not None:
+            performed[-1].sets.append(row[16:])
+    return first[0], workout, performed
+
+
 _WORKOUT_COLUMNS = (
     "user_id", "id", "title", "notes", "started_at", "ended_at", "time_zone", "content_hash",
     "version", "change_seq", "created_at", "updated_at", "deleted_at",
@@ -100,6 +181,13 @@ FROM unnest({set_arrays}) AS x
     set_columns=", ".join(c for c, _ in _SET_ARRAYS),
     set_arrays=", ".join(f"%(s_{c})s::{t}[]" for c, t in _SET_ARRAYS),
 )
+# The workout's outbox event (server/events), in the same statement: no round trip of its own.
+_PG_ADD_EVENT = """
+, event AS (
+    INSERT INTO outbox_events (user_id, workout_id, change_seq, kind, occurred_at, payload)
+    SELECT %(w_user_id)s, %(w_id)s, {change_seq}, %(o_kind)s, %(o_occurred_at)s,
+        %(o_payload)s::json{source}
+)"""
 _PG_ADD_WORKOUT = {
     # With the change number given (the caller holds the user's lock).
     False: f"""
@@ -107,6 +195,7 @@ WITH workout AS (
     INSERT INTO workouts ({", ".join(_WORKOUT_COLUMNS)})
     VALUES ({", ".join(f"%(w_{c})s" for c in _WORKOUT_COLUMNS)})
 )"""
+    + _PG_ADD_EVENT.format(change_seq="%(w_change_seq)s", source="")
     + _PG_ADD_CHILDREN,
     # Taking the next change number first: take_change_seq, in the same statement.
     True: f"""
@@ -119,6 +208,7 @@ WITH seq AS (
     SELECT {", ".join("seq.value" if c == "change_seq" else f"%(w_{c})s" for c in _WORKOUT_COLUMNS)}
     FROM seq
 )"""
+    + _PG_ADD_EVENT.format(change_seq="seq.value", source=" FROM seq")
     + _PG_ADD_CHILDREN,
 }
 
@@ -128,18 +218,26 @@ def add_workout(
     values: dict[str, Any],
     exercises: Sequence[dict[str, Any]],
     sets: Sequence[dict[str, Any]],
+    event: dict[str, Any],
 ) -> None:
     """Insert a workout row with its performed exercises and sets (through the tables: the
-    ORM's flush and bulk paths cost more than the statements). A change_seq of None takes
-    the user's next change number (take_change_seq: the user's lock until commit)."""
+    ORM's flush and bulk paths cost more than the statements), and its outbox event. A
+    change_seq of None takes the user's next change number (take_change_seq: the user's lock
+    until commit), for the workout and the event alike."""
     take = values["change_seq"] is None
     if s.get_bind().dialect.name != "postgresql":
         if take:
             values = {**values, "change_seq": take_change_seq(s, values["user_id"])}
         s.execute(insert(cast(Table, Workout.__table__)), [values])
         add_children(s, exercises, sets)
+        outbox_repo.add_events(s, [{**event, "change_seq": values["change_seq"]}])
         return
     parameters = {f"w_{column}": values[column] for column in _WORKOUT_COLUMNS}
+    parameters.update(
+        o_kind=event["kind"],
+        o_occurred_at=event["occurred_at"],
+        o_payload=json.dumps(event["payload"]),
+    )
     for column in ("position", "exercise_id", "notes"):
         parameters[f"e_{column}"] = [row[column] for row in exercises]
     for column, _ in _SET_ARRAYS:
@@ -570,54 +668,79 @@ def exercise_names(s: Session, exercise_ids: Sequence[str]) -> dict[str, str]:
     return {exercise_id: name for exercise_id, name in s.connection().execute(query)}
 
 
+class StatExercise(NamedTuple):
+    exercise_id: str
+    notes: str
+    sets: list[tuple[Any, ...]]  # SET_COLUMNS values, in set order
+
+
 def stat_rows(
     s: Session, user_id: str, until: datetime
-) -> tuple[Sequence[Workout], list[tuple[WorkoutExercise, list[WorkoutSet]]], Sequence[Exercise]]:
-    """Everything statistics read, in three queries by user (no long IN lists): live workouts
-    started by `until`, their performed exercises with sets, and those exercises."""
+) -> tuple[
+    list[tuple[str, datetime]],
+    dict[str, list[StatExercise]],
+    list[tuple[str, str, list[str], list[str]]],
+]:
+    """Everything statistics read, in four queries by user (no long IN lists), as plain rows
+    (ORM objects cost most of the time on long histories): live workouts started by `until`
+    as (id, started_at) in time order; their performed exercises with sets, by workout, in
+    position order; and those exercises as (id, name, primary muscles, secondary muscles)."""
     live = (
-        (Workout.user_id == WorkoutExercise.user_id)
-        & (Workout.id == WorkoutExercise.workout_id)
-        & Workout.deleted_at.is_(None)
-        & (Workout.started_at <= until)
+        (Workout.user_id == user_id) & Workout.deleted_at.is_(None) & (Workout.started_at <= until)
     )
-    workouts = s.scalars(
-        select(Workout)
-        .where(
-            Workout.user_id == user_id, Workout.deleted_at.is_(None), Workout.started_at <= until
+    rows = s.connection().execute
+    workouts = [
+        (workout_id, started)
+        for workout_id, started in rows(
+            select(Workout.id, Workout.started_at)
+            .where(live)
+            .order_by(Workout.started_at, Workout.id)
         )
-        .order_by(Workout.started_at, Workout.id)
-    ).all()
-    performed = s.scalars(
-        select(WorkoutExercise)
-        .join(Workout, live)
-        .where(WorkoutExercise.user_id == user_id)
-        .order_by(WorkoutExercise.workout_id, WorkoutExercise.position)
-    ).all()
-    sets: dict[tuple[str, int], list[WorkoutSet]] = defaultdict(list)
-    for item in s.scalars(
-        select(WorkoutSet)
+    ]
+    sets: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+    for workout_id, position, *values in rows(
+        select(WorkoutSet.workout_id, WorkoutSet.position, *SET_COLUMNS)
         .join(
-            Workout,
-            (Workout.user_id == WorkoutSet.user_id)
-            & (Workout.id == WorkoutSet.workout_id)
-            & Workout.deleted_at.is_(None)
-            & (Workout.started_at <= until),
+            Workout, (Workout.user_id == WorkoutSet.user_id) & (Workout.id == WorkoutSet.workout_id)
         )
-        .where(WorkoutSet.user_id == user_id)
+        .where(live)
         .order_by(WorkoutSet.workout_id, WorkoutSet.position, WorkoutSet.set_index)
     ):
-        sets[(item.workout_id, item.position)].append(item)
-    exercises = s.scalars(
-        select(Exercise).where(
-            Exercise.id.in_(
-                select(WorkoutExercise.exercise_id)
-                .where(WorkoutExercise.user_id == user_id)
-                .distinct()
+        sets[(workout_id, position)].append(tuple(values))
+    performed: dict[str, list[StatExercise]] = defaultdict(list)
+    for workout_id, position, exercise_id, notes in rows(
+        select(
+            WorkoutExercise.workout_id,
+            WorkoutExercise.position,
+            WorkoutExercise.exercise_id,
+            WorkoutExercise.notes,
+        )
+        .join(
+            Workout,
+            (Workout.user_id == WorkoutExercise.user_id)
+            & (Workout.id == WorkoutExercise.workout_id),
+        )
+        .where(live)
+        .order_by(WorkoutExercise.workout_id, WorkoutExercise.position)
+    ):
+        performed[workout_id].append(
+            StatExercise(exercise_id, notes, sets.get((workout_id, position), []))
+        )
+    exercises = [
+        (exercise_id, name, list(primary), list(secondary))
+        for exercise_id, name, primary, secondary in rows(
+            select(
+                Exercise.id, Exercise.name, Exercise.primary_muscles, Exercise.secondary_muscles
+            ).where(
+                Exercise.id.in_(
+                    select(WorkoutExercise.exercise_id)
+                    .where(WorkoutExercise.user_id == user_id)
+                    .distinct()
+                )
             )
         )
-    ).all()
-    return workouts, [(p, sets[(p.workout_id, p.position)]) for p in performed], exercises
+    ]
+    return workouts, performed, exercises
 
 
 def live_oldest_first(

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from server import idempotency, paging
 from server.auth import repository as auth_repository
 from server.auth.models import User
-from server.auth.service import AuthService, iana_time_zones
+from server.auth.service import AuthService, iana_time_zones, session_ended
+from server.catalog.service import check_ref
 from server.db import Database
 from server.errors import (
     Aborted,
@@ -30,7 +31,10 @@ from server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    shown,
 )
+from server.events import outbox
+from server.events import repository as outbox_repo
 from server.logs import columns, stats
 from server.logs import repository as repo
 from server.logs.models import SET_KINDS, Workout, WorkoutSet
@@ -235,14 +239,12 @@ def check_workout(data: WorkoutData, now: datetime, default_zone: str) -> Workou
         raise InvalidArgument("workout.notes", "must be at most 10000 characters")
     zone = data.time_zone or default_zone
     if zone not in iana_time_zones():
-        raise InvalidArgument("workout.time_zone", f"{zone!r} is not an IANA time zone")
+        raise InvalidArgument("workout.time_zone", f"{shown(zone)} is not an IANA time zone")
     if len(data.exercises) > MAX_EXERCISES:
         raise InvalidArgument("workout.exercises", f"at most {MAX_EXERCISES} exercises")
     for i, performed in enumerate(data.exercises):
         field = f"workout.exercises[{i}]"
-        if not performed.exercise_id.strip():
-            raise InvalidArgument(f"{field}.exercise_id", "is required")
-        _check_text(f"{field}.exercise_id", performed.exercise_id)
+        check_ref(f"{field}.exercise_id", performed.exercise_id)
         _check_text(f"{field}.notes", performed.notes)
         if len(performed.sets) > MAX_SETS:
             raise InvalidArgument(f"{field}.sets", f"at most {MAX_SETS} sets")
@@ -282,6 +284,19 @@ def content_hash(data: WorkoutData) -> str:
 
 def etag(workout: Workout) -> str:
     return str(workout.version)
+
+
+def _event(kind: str, workout: Workout) -> dict[str, Any]:
+    """The outbox row of a change, as the workout is after it."""
+    return outbox.workout_event(
+        kind,
+        user_id=workout.user_id,
+        workout_id=workout.id,
+        change_seq=workout.change_seq,
+        started_at=workout.started_at,
+        version=workout.version,
+        occurred_at=workout.updated_at,
+    )
 
 
 def _rows(user_id: str, data: WorkoutData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -329,10 +344,18 @@ def _view_from(workout: Workout, checked: WorkoutData, names: dict[str, str]) ->
 
 
 class LogService:
-    def __init__(self, db: Database, auth: AuthService, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        auth: AuthService,
+        now: Callable[[], datetime],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.db = db
         self.auth = auth
         self.now = now
+        # Called after a commit that wrote workout events (wakes the outbox relay).
+        self.on_change = on_change
 
     def _resolve(self, s: Session, user_id: str, data: WorkoutData) -> WorkoutData:
         """Exercise ids or slugs -> ids of exercises this user can see."""
@@ -350,7 +373,7 @@ class LogService:
             if exercise is None:
                 raise InvalidArgument(
                     f"workout.exercises[{i}].exercise_id",
-                    f"no exercise {performed.exercise_id!r} in the catalog or your exercises",
+                    f"no exercise {shown(performed.exercise_id)} in the catalog or your exercises",
                 )
             resolved.append(replace(performed, exercise_id=exercise.id))
         names = {e.id: e.name for e in found.values()}
@@ -449,24 +472,34 @@ class LogService:
             return _view_from(workout, checked, names), True, user
 
         try:
-            return self.db.run(work)
+            result = self.db.run(work)
         except exc.IntegrityError:
             # A copy of this create committed first (primary key), or an exercise it names
             # was deleted meanwhile (foreign key): decide again, which now finds the stored
             # workout, or names the missing exercise as INVALID_ARGUMENT.
-            return self.db.run(work)
+            result = self.db.run(work)
+        if result[1]:
+            self.on_change()
+        return result
 
-    def get(self, workout_id: str) -> WorkoutView:
+    def get(self, workout_id: str) -> tuple[WorkoutView, str]:
+        """The caller's workout and their preferred unit: one statement checks the session
+        and reads both (the hottest read; see server/single_statement.py)."""
         workout_id = check_workout_id(workout_id, "id")
-
-        def work(s: Session) -> WorkoutView:
-            user = self.auth.current_user(s)
-            workout = repo.get(s, user.id, workout_id)
-            if workout is None or workout.deleted_at is not None:
-                raise NotFound(f"no workout {workout_id}", reason="WORKOUT_NOT_FOUND")
-            return self._view(s, workout)
-
-        return self.db.run(work, write=False)
+        principal = self.auth.principal()
+        found = repo.get_with_caller(self.db, principal.session_id, principal.user_id, workout_id)
+        if found is None:
+            raise session_ended()
+        preferred, workout, performed = found
+        if workout is None:
+            raise NotFound(f"no workout {workout_id}", reason="WORKOUT_NOT_FOUND")
+        exercises = tuple(
+            PerformedView(
+                p.exercise_id, p.exercise_name, p.notes, tuple(SetData(*x) for x in p.sets)
+            )
+            for p in performed
+        )
+        return WorkoutView(workout, exercises), preferred
 
     def list_workouts(
         self, start: datetime | None, end: datetime | None, page_size: int, page_token: str
@@ -500,10 +533,12 @@ class LogService:
                 )
             digest = content_hash(checked)
             if digest != workout.content_hash:
-                self._replace(s, user, workout, checked, digest)
+                outbox_repo.add_events(s, [self._replace(s, user, workout, checked, digest)])
             return self._view(s, workout)
 
-        return self.db.run(work)
+        view = self.db.run(work)
+        self.on_change()
+        return view
 
     def delete(self, workout_id: str, expected_etag: str) -> None:
         """Delete, keeping a tombstone so other devices learn of it when they sync."""
@@ -519,9 +554,10 @@ class LogService:
                 raise Aborted(
                     "the workout changed since it was read; read it again", reason="ETAG_MISMATCH"
                 )
-            self._tombstone(s, user, workout)
+            outbox_repo.add_events(s, [self._tombstone(s, user, workout)])
 
         self.db.run(work)
+        self.on_change()
 
     def _insert(
         self, s: Session, user: User, checked: WorkoutData, digest: str, change_seq: int | None
@@ -544,12 +580,14 @@ class LogService:
             "updated_at": now,
             "deleted_at": None,
         }
-        repo.add_workout(s, values, *_rows(user.id, checked))
-        return Workout(**values)  # what was stored, for the answer; not in the session
+        workout = Workout(**values)  # what was stored, for the answer; not in the session
+        repo.add_workout(s, values, *_rows(user.id, checked), _event(outbox.CREATED, workout))
+        return workout
 
     def _replace(
         self, s: Session, user: User, workout: Workout, checked: WorkoutData, digest: str
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Store new content for a workout; the change's outbox row, for the caller to write."""
         for name in ("title", "notes", "started_at", "ended_at", "time_zone"):
             setattr(workout, name, getattr(checked, name))
         workout.content_hash = digest
@@ -558,14 +596,17 @@ class LogService:
         workout.updated_at = self.now()
         repo.delete_children(s, user.id, workout.id)
         repo.add_children(s, *_rows(user.id, checked))
+        return _event(outbox.UPDATED, workout)
 
-    def _tombstone(self, s: Session, user: User, workout: Workout) -> None:
+    def _tombstone(self, s: Session, user: User, workout: Workout) -> dict[str, Any]:
+        """Delete a workout's content, keeping its row; the change's outbox row."""
         now = self.now()
         repo.delete_children(s, user.id, workout.id)
         workout.deleted_at = now
         workout.updated_at = now
         workout.version += 1
         workout.change_seq = repo.next_change_seq(s, user.id)
+        return _event(outbox.DELETED, workout)
 
     # --- sync ---------------------------------------------------------------------------
 
@@ -584,30 +625,46 @@ class LogService:
         def work(s: Session) -> SyncOutcome:
             user = self.auth.current_user(s)
             repo.lock_changes(s, user.id)
-            results = [self._sync_one(s, user, i, item) for i, item in enumerate(items)]
-            results += [self._sync_delete(s, user, i, ref, after) for i, ref in enumerate(deletes)]
+            changes: list[dict[str, Any]] = []  # outbox rows of updates and deletes
+            results = [self._sync_one(s, user, i, item, changes) for i, item in enumerate(items)]
+            results += [
+                self._sync_delete(s, user, i, ref, after, changes) for i, ref in enumerate(deletes)
+            ]
+            outbox_repo.add_events(s, changes)
             changed = list(repo.changes_since(s, user.id, after, limit + 1))
             more = len(changed) > limit
             changed = changed[:limit]
             next_cursor = encode_cursor(changed[-1].change_seq if changed else after)
             return SyncOutcome(tuple(results), tuple(views_of(s, changed)), next_cursor, more)
 
-        return self.db.run(work)
+        outcome = self.db.run(work)
+        if any(r.outcome in ("created", "updated", "deleted") for r in outcome.results):
+            self.on_change()
+        return outcome
 
-    def _sync_one(self, s: Session, user: User, index: int, item: SyncItem) -> SyncResultData:
+    def _sync_one(
+        self, s: Session, user: User, index: int, item: SyncItem, changes: list[dict[str, Any]]
+    ) -> SyncResultData:
         try:
             if item.error is not None:
                 raise item.error
             assert item.data is not None
             with s.begin_nested():  # an item's failure undoes only that item
-                return self._upsert(s, user, item.data, item.etag)
+                return self._upsert(s, user, item.data, item.etag, changes)
         except DomainError as error:
             # Name the field as the request does: upserts[3].exercises[0]..., not workout.*
             field = (error.field or "").replace("workout", f"upserts[{index}]", 1)
             message = error.message.replace("workout", f"upserts[{index}]", 1)
             return SyncResultData(item.workout_id, "invalid", message, field)
 
-    def _upsert(self, s: Session, user: User, data: WorkoutData, base_etag: str) -> SyncResultData:
+    def _upsert(
+        self,
+        s: Session,
+        user: User,
+        data: WorkoutData,
+        base_etag: str,
+        changes: list[dict[str, Any]],
+    ) -> SyncResultData:
         checked = self._resolve(s, user.id, check_workout(data, self.now(), user.time_zone))
         digest = content_hash(checked)
         workout = repo.get(s, user.id, checked.id, for_update=True)
@@ -627,11 +684,17 @@ class LogService:
                 "changed on the server since this device's copy; the server's copy was kept",
                 etag=etag(workout),
             )
-        self._replace(s, user, workout, checked, digest)
+        changes.append(self._replace(s, user, workout, checked, digest))
         return SyncResultData(checked.id, "updated", etag=etag(workout))
 
     def _sync_delete(
-        self, s: Session, user: User, index: int, ref: str, cursor_seq: int
+        self,
+        s: Session,
+        user: User,
+        index: int,
+        ref: str,
+        cursor_seq: int,
+        changes: list[dict[str, Any]],
     ) -> SyncResultData:
         """Tombstone a workout, unless it changed after the device's cursor (the device
         has not seen that change, so deleting would throw it away)."""
@@ -650,7 +713,7 @@ class LogService:
                     "changed on the server since this device's cursor; sync, then delete again",
                     etag=etag(workout),
                 )
-            self._tombstone(s, user, workout)
+            changes.append(self._tombstone(s, user, workout))
         return SyncResultData(workout_id, "deleted", etag=etag(workout))
 
     # --- history ------------------------------------------------------------------------
@@ -751,7 +814,7 @@ class LogService:
         """The caller's id, the ids of the exercises a history request names and the caller's
         preferred unit."""
         for i, ref in enumerate(exercise_refs):
-            _check_text(f"exercise_ids[{i}]", ref)
+            check_ref(f"exercise_ids[{i}]", ref)
 
         def resolve(s: Session) -> tuple[str, list[str], str]:
             user = self.auth.current_user(s)
@@ -760,7 +823,7 @@ class LogService:
                 found = repo.visible_exercises(s, user.id, list(exercise_refs))
                 for i, ref in enumerate(exercise_refs):
                     if ref not in found:
-                        raise InvalidArgument(f"exercise_ids[{i}]", f"no exercise {ref!r}")
+                        raise InvalidArgument(f"exercise_ids[{i}]", f"no exercise {shown(ref)}")
                     ids.append(found[ref].id)
             return user.id, ids, user.preferred_unit
 
@@ -778,23 +841,10 @@ class LogService:
 
         def work(s: Session) -> tuple[stats.Stats, str]:
             user = self.auth.current_user(s)
-            workouts, performed, exercises = repo.stat_rows(s, user.id, moment)
-            by_workout: dict[str, list[PerformedData]] = {}
-            for row, sets in performed:
-                by_workout.setdefault(row.workout_id, []).append(
-                    PerformedData(row.exercise_id, row.notes, tuple(_set_data(x) for x in sets))
-                )
+            workouts, exercises = stat_history(s, user.id, moment)
             result = stats.compute_stats(
-                [
-                    stats.StatWorkout(w.id, w.started_at, tuple(by_workout.get(w.id, ())))
-                    for w in workouts
-                ],
-                {
-                    e.id: stats.ExerciseInfo(
-                        e.name, tuple(e.primary_muscles), tuple(e.secondary_muscles)
-                    )
-                    for e in exercises
-                },
+                workouts,
+                exercises,
                 time_zone=user.time_zone,
                 weekly_goal=user.weekly_workout_goal,
                 as_of=moment,
@@ -803,6 +853,31 @@ class LogService:
             return result, user.preferred_unit
 
         return self.db.run(work, write=False)
+
+
+def stat_history(
+    s: Session, user_id: str, until: datetime
+) -> tuple[list[stats.StatWorkout], dict[str, stats.ExerciseInfo]]:
+    """A user's live workouts started by `until`, and the exercises they name, as statistics
+    take them."""
+    workouts, performed, exercises = repo.stat_rows(s, user_id, until)
+    return (
+        [
+            stats.StatWorkout(
+                workout_id,
+                started,
+                tuple(
+                    PerformedData(p.exercise_id, p.notes, tuple(SetData(*x) for x in p.sets))
+                    for p in performed.get(workout_id, ())
+                ),
+            )
+            for workout_id, started in workouts
+        ],
+        {
+            exercise_id: stats.ExerciseInfo(name, tuple(primary), tuple(secondary))
+            for exercise_id, name, primary, secondary in exercises
+        },
+    )
 
 
 Key = tuple[datetime, str]

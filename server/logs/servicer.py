@@ -9,6 +9,7 @@ import grpc
 from repwise.v1 import common_pb2, log_pb2, log_pb2_grpc
 from server.converters import optional_timestamp
 from server.errors import DomainError, InvalidArgument
+from server.events.service import SummaryService
 from server.logs import converters as conv
 from server.logs import exports
 from server.logs.service import LogService, SyncItem, WorkoutData
@@ -21,8 +22,9 @@ EXPORT_FORMATS = {
 
 
 class LogServicer(log_pb2_grpc.LogServiceServicer):
-    def __init__(self, logs: LogService) -> None:
+    def __init__(self, logs: LogService, summaries: SummaryService) -> None:
         self.logs = logs
+        self.summaries = summaries
 
     def _units(self, requested: int, field: str = "weight_unit") -> str:
         return conv.unit(field, requested, self.logs.preferred_unit())
@@ -45,10 +47,10 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
     def GetWorkout(
         self, request: log_pb2.GetWorkoutRequest, context: grpc.ServicerContext
     ) -> log_pb2.GetWorkoutResponse:
-        unit = self._units(request.weight_unit)
-        return log_pb2.GetWorkoutResponse(
-            workout=conv.workout_to_pb(self.logs.get(request.id), unit)
-        )
+        conv.unit("weight_unit", request.weight_unit, "kg")  # a bad unit is refused first
+        view, preferred = self.logs.get(request.id)
+        unit = conv.unit("weight_unit", request.weight_unit, preferred)
+        return log_pb2.GetWorkoutResponse(workout=conv.workout_to_pb(view, unit))
 
     def ListWorkouts(
         self, request: log_pb2.ListWorkoutsRequest, context: grpc.ServicerContext
@@ -159,6 +161,12 @@ class LogServicer(log_pb2_grpc.LogServiceServicer):
         result, preferred = self.logs.stats(as_of, request.weeks)
         unit = conv.unit("weight_unit", request.weight_unit, preferred)
         return conv.stats_to_pb(result, unit)
+
+    def GetSummary(
+        self, request: log_pb2.GetSummaryRequest, context: grpc.ServicerContext
+    ) -> log_pb2.GetSummaryResponse:
+        view, preferred = self.summaries.get()
+        return conv.summary_to_pb(view, conv.unit("weight_unit", request.weight_unit, preferred))
 
     def ExportData(
         self, request: log_pb2.ExportDataRequest, context: grpc.ServicerContext

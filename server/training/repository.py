@@ -27,9 +27,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from client_sdk.model import MODEL_SCHEMA_VERSION
+from server import single_statement
 from server.auth.models import AuthSession, User
+from server.auth.repository import LIVE_SESSION_FROM, LIVE_SESSION_WHERE
 from server.catalog.models import Exercise
-from server.db import UTCDateTime
+from server.db import Database, UTCDateTime
 from server.logs.models import ChangeCounter, Workout, WorkoutExercise, WorkoutSet
 from server.training.models import PopulationModel, TrainingState, UserModel
 
@@ -117,7 +119,14 @@ def claim(
 ) -> list[str]:
     """Claims up to `limit` eligible users after user id `after` that no live
     claim holds (other workers' locked rows are skipped on PostgreSQL; SQLite
-    has one writer at a time)."""
+    has one writer at a time). The leases `worker` already holds are extended
+    to `lease_until` too: a worker asking for more work is alive, and still
+    needs the chunk it is fitting."""
+    s.execute(
+        update(TrainingState)
+        .where(TrainingState.claimed_by == worker)
+        .values(lease_until=lease_until)
+    )
     query = (
         select(TrainingState.user_id)
         .join(ChangeCounter, ChangeCounter.user_id == TrainingState.user_id)
@@ -331,6 +340,38 @@ def ensure_state(s: Session, user_id: str) -> TrainingState:
 
 def user_model(s: Session, user_id: str, version: int) -> UserModel | None:
     return s.get(UserModel, (user_id, version))
+
+
+# What GetModelBundle needs to answer "not modified": the caller's current model version and
+# schema, and the newest population model of this schema.
+_BUNDLE_VERSION = single_statement.Statement(
+    "bundle_version",
+    f"""
+SELECT m.version, m.schema_version,
+    (SELECT max(p.version) FROM population_models p WHERE p.schema_version = :schema_version)
+FROM {LIVE_SESSION_FROM}
+LEFT JOIN training_states t ON t.user_id = s.user_id
+LEFT JOIN user_models m ON m.user_id = t.user_id AND m.version = t.current_version
+WHERE {LIVE_SESSION_WHERE}
+""",
+)
+
+
+class BundleVersions(NamedTuple):
+    model_version: int | None
+    model_schema_version: int | None
+    population_version: int | None  # the newest of the current schema
+
+
+def bundle_versions(db: Database, session_id: str, user_id: str) -> BundleVersions | None:
+    """The caller's current model version and the newest population version, in one
+    statement outside any transaction; None once the session has ended."""
+    rows = single_statement.fetch(
+        db,
+        _BUNDLE_VERSION,
+        {"session_id": session_id, "user_id": user_id, "schema_version": MODEL_SCHEMA_VERSION},
+    )
+    return BundleVersions(*rows[0]) if rows else None
 
 
 def state_and_model(s: Session, user_id: str) -> tuple[TrainingState | None, UserModel | None]:

@@ -42,14 +42,15 @@ class TrainingWorker:
 
     def run_once(self) -> None:
         """Queued users first, then (weekly) the stale offline ones."""
-        self.training.run_batch(Selection(queued_only=True))
+        self.training.run_batch(Selection(queued_only=True), trigger="train_now")
         if self.weekly:
             now = self.training.now()
             self.training.run_batch(
                 Selection(
                     offline_before=now - self.offline_after,
                     trained_before=now - self.retrain_after,
-                )
+                ),
+                trigger="scheduler",
             )
 
     def _loop(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,8 @@ from client_sdk.model import (
     Timeline,
     training_pairs,
 )
-from server.auth.service import AuthService
+from server import metrics
+from server.auth.service import AuthService, session_ended
 from server.db import Database
 from server.errors import FailedPrecondition, NotFound, ResourceExhausted
 from server.training import repository as repo
@@ -50,7 +52,10 @@ from server.training.ridge import fit_population
 log = logging.getLogger(__name__)
 
 CHUNK_USERS = 500
-LEASE = timedelta(minutes=30)
+# A claim's lease (REPWISE_TRAINING_LEASE_SECONDS). A run renews its leases each time it
+# claims a chunk, so a lease need only outlast one chunk's fit; a dead run's users free up
+# when it ends.
+LEASE = timedelta(minutes=2)
 # Population defaults change only when enough steps back the change.
 MIN_POPULATION_STEPS = 200
 
@@ -162,19 +167,48 @@ class BatchTrainer:
     """Runs batches; shared by `repwise train`, RunBatch and the server's worker."""
 
     def __init__(
-        self, db: Database, now: Callable[[], datetime], *, chunk_users: int = CHUNK_USERS
+        self,
+        db: Database,
+        now: Callable[[], datetime],
+        *,
+        chunk_users: int = CHUNK_USERS,
+        lease: timedelta = LEASE,
     ) -> None:
         self.db = db
         self.now = now
         self.chunk_users = chunk_users
+        self.lease = lease
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Set when this process queues work, so its worker starts at once.
         self.wake = threading.Event()
 
     def run_batch(
-        self, selection: repo.Selection, progress: Callable[[int, int], None] | None = None
+        self,
+        selection: repo.Selection,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        trigger: str = "cli",
     ) -> BatchSummary:
-        """Trains the selected users; progress(done, total) after each chunk."""
+        """Trains the selected users; progress(done, total) after each chunk. The run's
+        metrics are labelled with its trigger: cli, scheduler, train_now or run_batch."""
+        started = time.perf_counter()
+        try:
+            summary = self._run_batch(selection, progress)
+        except Exception:
+            metrics.training_error(trigger, time.perf_counter() - started)
+            raise
+        metrics.training_run(
+            trigger,
+            trained=summary.trained,
+            failed=summary.failed,
+            skipped=summary.skipped,
+            seconds=time.perf_counter() - started,
+        )
+        return summary
+
+    def _run_batch(
+        self, selection: repo.Selection, progress: Callable[[int, int], None] | None
+    ) -> BatchSummary:
         summary = BatchSummary(start_time=self.now())
         self.db.run(repo.ensure_states, honour_deadline=False)
         total = self.db.run(lambda s: repo.count_eligible(s, selection), write=False)
@@ -276,7 +310,9 @@ class BatchTrainer:
 
     def _claim(self, s: Session, selection: repo.Selection, after: str) -> list[str]:
         now = self.now()
-        return repo.claim(s, self.worker_id, now, now + LEASE, selection, self.chunk_users, after)
+        return repo.claim(
+            s, self.worker_id, now, now + self.lease, selection, self.chunk_users, after
+        )
 
     def _bootstrap_population(self, tl: Timeline, table: FeatureTable) -> Population:
         """The first population model, from the first chunk's pairs."""
@@ -389,7 +425,7 @@ class TrainingService:
 
     def run_batch(self, all_users: bool) -> BatchSummary:
         self.db.run(self.auth.require_admin, write=False)
-        return self.trainer.run_batch(repo.Selection(all_users=all_users))
+        return self.trainer.run_batch(repo.Selection(all_users=all_users), trigger="run_batch")
 
     def train_now(self) -> datetime:
         """Queues the caller's training; returns when the next request is allowed."""
@@ -443,23 +479,32 @@ class TrainingService:
 
         return self.db.run(work, write=False)
 
-    def bundle(self, known_version: int) -> Bundle | None:
-        """The caller's bundle, or None when known_version is current."""
+    def _current_version(self) -> int:
+        """The version of the bundle the caller would be sent now (0: none), as bundle()
+        chooses it: their model, or without one of this schema the newest population model."""
+        principal = self.auth.principal()
+        found = repo.bundle_versions(self.db, principal.session_id, principal.user_id)
+        if found is None:
+            raise session_ended()
+        if found.model_version is not None and found.model_schema_version == MODEL_SCHEMA_VERSION:
+            return found.model_version
+        return found.population_version or 0
 
-        def work(s: Session) -> Bundle | None:
+    def bundle(self, known_version: int) -> Bundle | None:
+        """The caller's bundle, or None when known_version is current: that is answered from
+        one small statement (the session and the versions) before anything is loaded."""
+        if known_version and known_version == self._current_version():
+            return None
+
+        def work(s: Session) -> Bundle:
             user_id = self.auth.current_user(s).id
             _, model = repo.state_and_model(s, user_id)
             if model is not None and model.schema_version != MODEL_SCHEMA_VERSION:
                 model = None  # trained for another schema: the population serves until retrained
             if model is not None:
-                if known_version and known_version == model.version:
-                    return None
                 pop_row = repo.population(s, model.population_version)
             else:
                 pop_row = repo.latest_population(s)
-                version = pop_row.version if pop_row is not None else 0
-                if known_version and known_version == version:
-                    return None
             population = _population(pop_row) or Population(
                 0, np.zeros((STATE_DIMENSIONS, features.DIMENSIONS)), 0.0, DEFAULT_WEIGHTS.copy(), 0
             )

@@ -1218,3 +1218,103 @@ class ExportDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportDataResponse: _TypeAlias = ExportDataResponse  # noqa: Y015
+
+@_typing.final
+class GetSummaryRequest(_message.Message):
+    """GetSummaryRequest asks for the caller's training summary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEIGHT_UNIT_FIELD_NUMBER: _builtins.int
+    weight_unit: _common_pb2.WeightUnit.ValueType
+    """Unit for total_volume; unspecified means the user's preferred."""
+    def __init__(
+        self,
+        *,
+        weight_unit: _common_pb2.WeightUnit.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["weight_unit", b"weight_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSummaryRequest: _TypeAlias = GetSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetSummaryResponse(_message.Message):
+    """GetSummaryResponse holds the summary materialized from the caller's
+    workout events. Before the first event is applied every count is zero and
+    update_time is unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_FIELD_NUMBER: _builtins.int
+    TOTAL_WORKOUTS_FIELD_NUMBER: _builtins.int
+    TOTAL_SETS_FIELD_NUMBER: _builtins.int
+    TOTAL_VOLUME_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_WORKOUT_TIME_FIELD_NUMBER: _builtins.int
+    WEIGHT_UNIT_FIELD_NUMBER: _builtins.int
+    EVENTS_APPLIED_FIELD_NUMBER: _builtins.int
+    APPLIED_CHANGE_SEQ_FIELD_NUMBER: _builtins.int
+    LATEST_CHANGE_SEQ_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    total_workouts: _builtins.int
+    """Live (not deleted) workouts."""
+    total_sets: _builtins.int
+    """Sets over all live workouts, warm-ups excluded."""
+    total_volume: _builtins.float
+    """Sum of weight × reps over those sets, in weight_unit."""
+    record_count: _builtins.int
+    """Personal records held: as many as GetStats lists."""
+    weight_unit: _common_pb2.WeightUnit.ValueType
+    events_applied: _builtins.int
+    """Workout events applied to this summary, each counted once however often
+    it was delivered.
+    """
+    applied_change_seq: _builtins.int
+    """The caller's change (numbered as in SyncWorkouts cursors) the summary
+    reflects at least.
+    """
+    latest_change_seq: _builtins.int
+    """The caller's latest change. Equal to applied_change_seq once the summary
+    reflects every change; greater while events are on their way.
+    """
+    @_builtins.property
+    def activity(self) -> Global___ActivityStreaks:
+        """Day and week streaks as of now, counted as GetStats counts them, in the
+        time zone and against the weekly goal the summary was computed with.
+        """
+
+    @_builtins.property
+    def last_workout_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the latest workout counted; unset without workouts."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When an event was last applied; unset before the first."""
+
+    def __init__(
+        self,
+        *,
+        activity: Global___ActivityStreaks | None = ...,
+        total_workouts: _builtins.int = ...,
+        total_sets: _builtins.int = ...,
+        total_volume: _builtins.float = ...,
+        record_count: _builtins.int = ...,
+        last_workout_time: _timestamp_pb2.Timestamp | None = ...,
+        weight_unit: _common_pb2.WeightUnit.ValueType = ...,
+        events_applied: _builtins.int = ...,
+        applied_change_seq: _builtins.int = ...,
+        latest_change_seq: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "last_workout_time", b"last_workout_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "applied_change_seq", b"applied_change_seq", "events_applied", b"events_applied", "last_workout_time", b"last_workout_time", "latest_change_seq", b"latest_change_seq", "record_count", b"record_count", "total_sets", b"total_sets", "total_volume", b"total_volume", "total_workouts", b"total_workouts", "update_time", b"update_time", "weight_unit", b"weight_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSummaryResponse: _TypeAlias = GetSummaryResponse  # noqa: Y015

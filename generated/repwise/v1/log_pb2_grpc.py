@@ -82,6 +82,11 @@ class LogServiceStub:
                 request_serializer=repwise_dot_v1_dot_log__pb2.ExportDataRequest.SerializeToString,
                 response_deserializer=repwise_dot_v1_dot_log__pb2.ExportDataResponse.FromString,
                 _registered_method=True)
+        self.GetSummary = channel.unary_unary(
+                '/repwise.v1.LogService/GetSummary',
+                request_serializer=repwise_dot_v1_dot_log__pb2.GetSummaryRequest.SerializeToString,
+                response_deserializer=repwise_dot_v1_dot_log__pb2.GetSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class LogServiceServicer:
@@ -156,6 +161,15 @@ class LogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSummary(self, request, context):
+        """The caller's training summary (streaks, totals, record count), kept up
+        to date from workout events: cheap to read, and it may trail the latest
+        change by a moment (compare applied_change_seq with latest_change_seq).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +217,11 @@ def add_LogServiceServicer_to_server(servicer, server):
                     servicer.ExportData,
                     request_deserializer=repwise_dot_v1_dot_log__pb2.ExportDataRequest.FromString,
                     response_serializer=repwise_dot_v1_dot_log__pb2.ExportDataResponse.SerializeToString,
+            ),
+            'GetSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSummary,
+                    request_deserializer=repwise_dot_v1_dot_log__pb2.GetSummaryRequest.FromString,
+                    response_serializer=repwise_dot_v1_dot_log__pb2.GetSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +470,33 @@ class LogService:
             '/repwise.v1.LogService/ExportData',
             repwise_dot_v1_dot_log__pb2.ExportDataRequest.SerializeToString,
             repwise_dot_v1_dot_log__pb2.ExportDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/repwise.v1.LogService/GetSummary',
+            repwise_dot_v1_dot_log__pb2.GetSummaryRequest.SerializeToString,
+            repwise_dot_v1_dot_log__pb2.GetSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

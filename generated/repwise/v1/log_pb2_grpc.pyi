@@ -59,6 +59,11 @@ class LogServiceStub:
     """Activity streaks, progressive-overload streaks, records and weekly volume."""
     ExportData: _grpc.UnaryStreamMultiCallable[_log_pb2.ExportDataRequest, _log_pb2.ExportDataResponse]
     """Streams all of the caller's data as JSON or Strong-compatible CSV."""
+    GetSummary: _grpc.UnaryUnaryMultiCallable[_log_pb2.GetSummaryRequest, _log_pb2.GetSummaryResponse]
+    """The caller's training summary (streaks, totals, record count), kept up
+    to date from workout events: cheap to read, and it may trail the latest
+    change by a moment (compare applied_change_seq with latest_change_seq).
+    """
 
 @_typing.type_check_only
 class LogServiceAsyncStub(LogServiceStub):
@@ -91,6 +96,11 @@ class LogServiceAsyncStub(LogServiceStub):
     """Activity streaks, progressive-overload streaks, records and weekly volume."""
     ExportData: _aio.UnaryStreamMultiCallable[_log_pb2.ExportDataRequest, _log_pb2.ExportDataResponse]  # type: ignore[assignment]
     """Streams all of the caller's data as JSON or Strong-compatible CSV."""
+    GetSummary: _aio.UnaryUnaryMultiCallable[_log_pb2.GetSummaryRequest, _log_pb2.GetSummaryResponse]  # type: ignore[assignment]
+    """The caller's training summary (streaks, totals, record count), kept up
+    to date from workout events: cheap to read, and it may trail the latest
+    change by a moment (compare applied_change_seq with latest_change_seq).
+    """
 
 class LogServiceServicer(metaclass=_abc_1.ABCMeta):
     """Workout logs: one user's training history, its sync and its statistics.
@@ -174,5 +184,16 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_log_pb2.ExportDataResponse], _abc.AsyncIterator[_log_pb2.ExportDataResponse]]:
         """Streams all of the caller's data as JSON or Strong-compatible CSV."""
+
+    @_abc_1.abstractmethod
+    def GetSummary(
+        self,
+        request: _log_pb2.GetSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_log_pb2.GetSummaryResponse, _abc.Awaitable[_log_pb2.GetSummaryResponse]]:
+        """The caller's training summary (streaks, totals, record count), kept up
+        to date from workout events: cheap to read, and it may trail the latest
+        change by a moment (compare applied_change_seq with latest_change_seq).
+        """
 
 def add_LogServiceServicer_to_server(servicer: LogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
