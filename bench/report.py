@@ -533,11 +533,9 @@ def server_limits(server: dict) -> list[str]:
         parent = max(p[0] for p in phases)
         workers = [kb for p in phases for kb in p[1:]]
         lines += [
-            f"- **Memory.** The parent holds {parent / MB:.0f} MB: it migrates the database and "
-            "seeds the catalog",
-            "  before it forks, so it keeps SQLAlchemy, Alembic and the catalog loaded while it",
-            "  only supervises the workers (doing that step in a short-lived child process left",
-            "  it at about 40 MB when measured separately). A worker holds "
+            f"- **Memory.** The parent holds {parent / MB:.0f} MB: it only supervises (the",
+            "  database is migrated and the catalog seeded in a short-lived child before the",
+            "  workers are forked). A worker holds "
             f"{min(workers) / MB:.0f}-{max(workers) / MB:.0f} MB:",
             "  Python, grpcio, SQLAlchemy, numpy and the protobuf modules take about 80 MB on",
             "  import; a worker that stored the StreamHistory user's history (SyncWorkouts",

@@ -332,16 +332,20 @@ def sqlite_write_locked(url: str) -> bool:
         conn.close()
 
 
-def write_in_progress(url: str, name: str) -> bool:
-    """Whether a PostgreSQL session named `name` holds an open write transaction; on SQLite,
-    whether any other connection does."""
+def table_write_in_progress(url: str, name: str, table: str) -> bool:
+    """Whether a PostgreSQL session named `name` holds a transaction open that has written
+    `table` (it holds the table's write lock). SQLite has one writer at a time and tells only
+    that some other connection holds a write transaction open, not what it wrote."""
     if url.startswith("sqlite"):
         return sqlite_write_locked(url)
     (writers,) = query(
         url,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = :name AND backend_xid IS NOT NULL",
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE a.datname = current_database() AND a.application_name = :name"
+        " AND a.backend_xid IS NOT NULL AND l.relation = CAST(:table AS regclass)"
+        " AND l.mode = 'RowExclusiveLock'",
         name=name,
+        table=table,
     )
     return bool(writers[0])
 
@@ -367,29 +371,28 @@ def kill_when(
     name: str,
     interval: float = 0.002,
 ) -> bool:
-    """SIGKILL `process` at the first moment `ready()` holds, looked at while the process is
-    stopped (SIGSTOP), so it cannot commit or finish between the look and the kill; between
-    looks it runs for `interval`. A PostgreSQL server runs on with the statements a stopped
-    client already sent (a COMMIT among them lands after the kill), so each look first waits
-    for the sessions named `name` (see `named`) to finish theirs, and after the kill this
-    returns only once those sessions are gone: the database then holds still. False if the
-    process ended, or `seconds` passed, first."""
+    """SIGKILL `process` at the first moment `ready()` holds, polled every `interval` while it
+    runs and, once it holds, looked at again with the process stopped (SIGSTOP), so that the
+    process cannot commit or finish between the look and the kill. A PostgreSQL server runs
+    on with the statements a stopped client already sent (a COMMIT among them lands after the
+    kill), so that second look first waits for the sessions named `name` (see `named`) to
+    finish theirs, and after the kill this returns only once those sessions are gone: the
+    database then holds still. False if the process ended, or `seconds` passed, first."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not _stop(process):
-            return False
-        try:
-            settled = wait_until(lambda: sessions(url, name, "active") == 0, 1, interval)
-            if settled and ready():
-                process.kill()
-                process.wait(timeout=10)
-                assert wait_until(lambda: sessions(url, name) == 0, 30), (
-                    "the killed process's database sessions stayed open"
-                )
-                return True
-        finally:
-            if process.returncode is None:
-                os.kill(process.pid, signal.SIGCONT)
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready() and _stop(process):
+            try:
+                settled = wait_until(lambda: sessions(url, name, "active") == 0, 1, interval)
+                if settled and ready():
+                    process.kill()
+                    process.wait(timeout=10)
+                    assert wait_until(lambda: sessions(url, name) == 0, 30), (
+                        "the killed process's database sessions stayed open"
+                    )
+                    return True
+            finally:
+                if process.returncode is None:
+                    os.kill(process.pid, signal.SIGCONT)
         time.sleep(interval)
     return False
 

@@ -221,9 +221,6 @@ def test_sigkill_during_large_syncs_loses_no_acknowledged_batch_and_retries_stor
             thread.start()
         assert wait_until(lambda: any(acked), 60), "no batch was ever acknowledged"
         time.sleep(rng.uniform(0, 0.5))  # a seeded moment within the load
-        assert wait_until(lambda: workout_write_in_progress(url, user_ids), 30, 0.002), (
-            "no batch was in flight to be killed"
-        )
         killed = kill_when(
             served.process,
             lambda: any(in_flight) and workout_write_in_progress(url, user_ids),

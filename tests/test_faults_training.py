@@ -4,8 +4,9 @@ take over a killed run's users.
 1,100 synthetic users (server/training/synthetic.py) are loaded into a database of the test's
 own, and every twelfth one gets a model first. `repwise train --all` (chunks of 500
 users) is killed with SIGKILL after its first chunk is stored, while a write transaction is
-open and some of its users are still claimed (tests/faults.py `kill_when`: looked at with
-the run stopped; the database is read once the run's sessions are gone). Every user's
+open (on PostgreSQL one that has written user models; SQLite tells only that one is open)
+and some of its users are still claimed (tests/faults.py `kill_when`: looked at with the run
+stopped; the database is read once the run's sessions are gone). Every user's
 pointer then refers to a version that exists and decodes (its population model too): the
 old one or a new one, never a version newer than the pointer (an orphaned half write). Once
 the killed run's leases (REPWISE_TRAINING_LEASE_SECONDS) run out, a rerun trains every user.
@@ -47,8 +48,8 @@ from tests.faults import (
     kill_when,
     named,
     sqlite_integrity,
+    table_write_in_progress,
     wait_until,
-    write_in_progress,
 )
 from tests.test_cli import REPWISE, cli_env, repwise
 
@@ -73,15 +74,16 @@ def pointers(db: Database) -> dict[str, int | None]:
 
 def claimed(db: Database) -> int:
     """How many users a run has claimed and not yet written."""
-    return int(
-        db.run(
-            lambda s: s.scalar(
+    return db.run(
+        lambda s: (
+            s.scalar(
                 select(func.count())
                 .select_from(TrainingState)
                 .where(TrainingState.claimed_by.is_not(None))
-            ),
-            write=False,
-        )
+            )
+            or 0
+        ),
+        write=False,
     )
 
 
@@ -165,7 +167,7 @@ def test_a_killed_training_run_leaves_whole_models_and_a_rerun_trains_everyone(u
             # Claims still held: users the run has not written yet, so it is not done.
             killed = kill_when(
                 run,
-                lambda: write_in_progress(url, RUN) and claimed(db) > 0,
+                lambda: table_write_in_progress(url, RUN, "user_models") and claimed(db) > 0,
                 60,
                 url=url,
                 name=RUN,
